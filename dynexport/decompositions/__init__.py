@@ -1,0 +1,1 @@
+"""Decompositions dynexport.export applies so that ops the backends lack convert."""

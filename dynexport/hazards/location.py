@@ -1,0 +1,83 @@
+"""Find the user's own line in a stack: frames inside torch, dynexport and site-packages are
+skipped, so a hazard points at the code the user can change."""
+
+from __future__ import annotations
+
+import linecache
+import os
+import re
+import sys
+import sysconfig
+from collections.abc import Iterable
+
+from dynexport.hazards.records import SourceLocation
+
+_LIBRARY_ROOTS = tuple(
+    os.path.realpath(p)
+    for p in {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"],
+              sysconfig.get_paths()["stdlib"]}
+)
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+_FRAME_RE = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+)')
+
+
+def is_user_file(path: str) -> bool:
+    """True for source the user wrote: not the standard library, site-packages or dynexport."""
+    if not path or path.startswith("<"):
+        return False
+    real = os.path.realpath(path)
+    if real.startswith(_PACKAGE_ROOT + os.sep):
+        return False
+    return not any(real.startswith(root + os.sep) for root in _LIBRARY_ROOTS)
+
+
+def _location(file: str, line: int) -> SourceLocation:
+    return SourceLocation(file=file, line=line, code=linecache.getline(file, line).strip())
+
+
+def innermost_user_frame(frames: Iterable[tuple[str, int]]) -> SourceLocation | None:
+    """The last (innermost) user frame of (file, line) pairs ordered outermost first."""
+    found = None
+    for file, line in frames:
+        if is_user_file(file):
+            found = (file, line)
+    return _location(*found) if found else None
+
+
+def location_from_stack_trace(stack_trace: str | None) -> SourceLocation | None:
+    """Parse an fx node's `stack_trace` (traceback text) and return the user's line."""
+    if not stack_trace:
+        return None
+    frames = [(m["file"], int(m["line"])) for m in _FRAME_RE.finditer(stack_trace)]
+    return innermost_user_frame(frames)
+
+
+def location_from_traceback(tb) -> SourceLocation | None:
+    """The user's innermost line in a Python traceback object."""
+    frames = []
+    while tb is not None:
+        frames.append((tb.tb_frame.f_code.co_filename, tb.tb_lineno))
+        tb = tb.tb_next
+    return innermost_user_frame(frames)
+
+
+def location_from_exception(exc: BaseException) -> SourceLocation | None:
+    """The user's line for an exception, following its cause/context chain."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        loc = location_from_traceback(exc.__traceback__)
+        if loc is not None:
+            return loc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def current_user_frame() -> SourceLocation | None:
+    """The user's innermost line in the current Python call stack."""
+    frames = []
+    frame = sys._getframe(1)
+    while frame is not None:
+        frames.append((frame.f_code.co_filename, frame.f_lineno))
+        frame = frame.f_back
+    return innermost_user_frame(reversed(frames))
