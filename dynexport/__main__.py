@@ -1,0 +1,84 @@
+"""`python -m dynexport`: parse the command line, run the pipeline, map the outcome to the
+exit status of contract §1 (0 ok, 1 a stage/verification/hazard failed, 2 unusable input)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from dynexport.pipeline import TARGETS, Options, format_traceback, run
+from dynexport.script import ScriptError
+
+EXIT_OK, EXIT_FAILED, EXIT_UNUSABLE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """The command line itself is wrong."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one paragraph and exit 2, as for a bad script
+        raise UsageError(f"{message}. Run `python -m dynexport --help` for the options; the "
+                         "usage is `python -m dynexport [options] SCRIPT.py [SCRIPT_ARGS...]`.")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="python -m dynexport",
+        description="Export a PyTorch model described by SCRIPT.py to an ExportedProgram, ONNX "
+                    "and OpenVINO IR, report every hazard and verify every runtime.")
+    parser.add_argument("--out", type=Path, help="artifact folder "
+                        "(default dynexport_out/<script stem>/)")
+    parser.add_argument("--to", default=",".join(TARGETS),
+                        help="comma-separated targets among onnx,openvino (default both)")
+    parser.add_argument("--no-verify", action="store_true", help="skip verification")
+    parser.add_argument("--bench", action="store_true", help="also time eager and each runtime")
+    parser.add_argument("--device", default="CPU", help="OpenVINO device (default CPU)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("script", help="SCRIPT.py defining get_model() and get_inputs()")
+    parser.add_argument("script_args", nargs=argparse.REMAINDER,
+                        help="passed to the script as sys.argv[1:]")
+    return parser
+
+
+def _options(args: argparse.Namespace) -> Options:
+    targets = tuple(t.strip() for t in args.to.split(",") if t.strip())
+    unknown = [t for t in targets if t not in TARGETS]
+    if unknown or not targets:
+        raise UsageError(f"--to {args.to!r} names unknown targets {unknown or '(none)'}. Use a "
+                         "comma-separated list among onnx,openvino, e.g. `--to onnx`.")
+    out = args.out or Path("dynexport_out") / Path(args.script).stem
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is an existing file, not a folder. Name a folder (it is "
+                         "created if missing) or remove the file.")
+    return Options(out_dir=out, targets=targets, verify=not args.no_verify, bench=args.bench,
+                   device=args.device)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    console = Console(stderr=False)
+    errors = Console(stderr=True)
+    debug = "--debug" in argv
+    try:
+        args = _parser().parse_args(argv)
+        options = _options(args)
+        from dynexport.console import StageProgress
+
+        with StageProgress(console, debug=args.debug) as progress:
+            report = run(args.script, args.script_args, options, observer=progress)
+    except (UsageError, ScriptError) as exc:
+        errors.print(f"[bold red]dynexport:[/] {exc}", highlight=False, soft_wrap=True)
+        if debug:
+            errors.print(format_traceback(exc), markup=False, highlight=False)
+        return EXIT_UNUSABLE
+    console.print(report)
+    console.print(f"Artifacts and report: [bold]{options.out_dir}[/]")
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Backends: an ExportedProgram → a deployable artifact (ONNX file, OpenVINO IR)."""

@@ -1,0 +1,36 @@
+"""ONNX stage: ExportedProgram → model.onnx through torch.onnx's dynamo exporter, with
+dynexport's custom-op translations, checked by onnx.checker."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import onnx
+import torch
+from torch.export import ExportedProgram
+
+from dynexport.backends.shape_env import isolated_shape_env
+from dynexport.custom_ops.registry import onnx_translation_table
+
+
+def to_onnx(program: ExportedProgram, path: str | os.PathLike) -> Path:
+    """Write `program` as a standard-ops ONNX model at `path` and check it; return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with isolated_shape_env(program):
+        onnx_program = torch.onnx.export(
+            program, (), dynamo=True, verbose=False,
+            custom_translation_table=onnx_translation_table(),
+            # Weights stay inside model.onnx unless the model is too large for one protobuf.
+            external_data=False,
+        )
+    onnx_program.save(path, external_data=_too_large_for_protobuf(onnx_program))
+    onnx.checker.check_model(str(path), full_check=True)
+    return path
+
+
+def _too_large_for_protobuf(onnx_program) -> bool:
+    size = sum(value.const_value.nbytes for value in onnx_program.model.graph.initializers.values()
+               if value.const_value is not None)
+    return size >= 1_800_000_000

@@ -1,0 +1,46 @@
+"""Terminal rendering: a live line per stage while the pipeline runs (rich)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+
+from dynexport.pipeline import format_traceback
+from dynexport.report import StageRecord
+
+_MARKS = {"ok": "[green]✓[/]", "failed": "[red]✗[/]", "skipped": "[dim]–[/]"}
+
+
+class StageProgress:
+    """A pipeline observer: a spinner while a stage runs, then its outcome."""
+
+    def __init__(self, console: Console, debug: bool = False):
+        self.console = console
+        self.debug = debug
+        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"),
+                                 TimeElapsedColumn(), console=console)
+        self.tasks: dict[str, TaskID] = {}
+
+    def __enter__(self) -> StageProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.progress.stop()
+
+    def started(self, name: str) -> None:
+        self.tasks[name] = self.progress.add_task(f"{name} …", total=1)
+
+    def finished(self, record: StageRecord, error: BaseException | None) -> None:
+        task = self.tasks.get(record.name)
+        if task is None:
+            task = self.progress.add_task("", total=1)
+        note = f" [dim]{record.error}[/]" if record.status == "skipped" and record.error else ""
+        self.progress.update(task, completed=1,
+                             description=f"{_MARKS[record.status]} {record.name}{note}")
+        if record.status == "failed" and record.error:
+            first = record.error.splitlines()[0]
+            self.progress.console.print(f"   [red]{record.name} failed:[/] {first}",
+                                        markup=True, highlight=False)
+        if self.debug and error is not None:
+            self.progress.console.print(format_traceback(error), markup=False, highlight=False)

@@ -1,0 +1,231 @@
+"""The Report: what every stage did, every hazard found, every comparison made (contract §3).
+
+It renders itself as report.json, report.md, in a terminal (rich) and in Jupyter (HTML)."""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Literal
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from dynexport.benchmark import BenchmarkRecord
+from dynexport.hazards import Hazard, UnsupportedOp
+from dynexport.verify import Verification
+
+SCHEMA = "dynexport.report/1"
+StageName = Literal["load", "capture", "decompose", "onnx", "openvino", "verify", "benchmark"]
+StageStatus = Literal["ok", "failed", "skipped"]
+_VERSIONED = ("dynexport", "torch", "onnx", "onnxruntime", "openvino")
+
+
+@dataclass
+class StageRecord:
+    name: StageName
+    status: StageStatus
+    seconds: float = 0.0
+    artifact: str | None = None
+    error: str | None = None
+
+
+def installed_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in _VERSIONED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+@dataclass
+class Report:
+    """Everything dynexport learnt about one model."""
+
+    script: str | None = None
+    capture_strategy: str | None = None
+    stages: list[StageRecord] = field(default_factory=list)
+    hazards: list[Hazard] = field(default_factory=list)
+    unsupported_ops: list[UnsupportedOp] = field(default_factory=list)
+    verification: list[Verification] = field(default_factory=list)
+    benchmark: list[BenchmarkRecord] = field(default_factory=list)
+    versions: dict[str, str | None] = field(default_factory=installed_versions)
+
+    @property
+    def ok(self) -> bool:
+        """Every stage that ran succeeded, verification passed, no hazard is an error."""
+        return (all(stage.status != "failed" for stage in self.stages)
+                and all(record.passed for record in self.verification)
+                and not any(hazard.severity == "error" for hazard in self.hazards))
+
+    def stage(self, name: str) -> StageRecord | None:
+        return next((s for s in self.stages if s.name == name), None)
+
+    def sorted_hazards(self) -> list[Hazard]:
+        return sorted(self.hazards, key=lambda h: h.sort_key)
+
+    # --- renderings -------------------------------------------------------------------------
+    def to_json(self) -> dict:
+        return {
+            "schema": SCHEMA,
+            "script": self.script,
+            "ok": self.ok,
+            "versions": self.versions,
+            "capture": {"strategy": self.capture_strategy},
+            "stages": [asdict(stage) for stage in self.stages],
+            "hazards": [hazard.to_json() for hazard in self.sorted_hazards()],
+            "unsupported_ops": [op.to_json() for op in self.unsupported_ops],
+            "verification": [_finite(record.to_json()) for record in self.verification],
+            "benchmark": [asdict(record) for record in self.benchmark],
+        }
+
+    def write(self, directory: str | os.PathLike) -> tuple[Path, Path]:
+        """Write report.json and report.md into `directory`."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        json_path, md_path = directory / "report.json", directory / "report.md"
+        json_path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        md_path.write_text(self.to_markdown())
+        return json_path, md_path
+
+    def to_markdown(self) -> str:
+        lines = [f"# dynexport report: {self.script or 'model'}", "",
+                 f"**Result: {'OK' if self.ok else 'FAILED'}**"
+                 + (f" — captured with `{self.capture_strategy}` export"
+                    if self.capture_strategy else ""), ""]
+        if self.stages:
+            lines += ["## Stages", "", "| stage | status | seconds | artifact | error |",
+                      "|---|---|---|---|---|"]
+            lines += [f"| {s.name} | {s.status} | {s.seconds:.2f} | {s.artifact or ''} | "
+                      f"{_md_cell(s.error)} |" for s in self.stages]
+            lines.append("")
+        lines += ["## Hazards", ""]
+        if self.hazards:
+            lines += ["| severity | category | location | code | message | fix |",
+                      "|---|---|---|---|---|---|"]
+            lines += [f"| {h.severity} | {h.category} | {_where(h.file, h.line)} | "
+                      f"`{_md_cell(h.code)}` | {_md_cell(h.message)} | {_md_cell(h.fix)} |"
+                      for h in self.sorted_hazards()]
+        else:
+            lines.append("None found.")
+        lines.append("")
+        if self.unsupported_ops:
+            lines += ["## Unsupported ops", "", "| op | backend | count | location |",
+                      "|---|---|---|---|"]
+            lines += [f"| `{u.op}` | {u.backend} | {u.count} | {_where(u.file, u.line)} |"
+                      for u in self.unsupported_ops]
+            lines.append("")
+        if self.verification:
+            lines += ["## Verification against eager PyTorch", "",
+                      "| runtime | inputs | output | max abs diff | max rel diff | passed |",
+                      "|---|---|---|---|---|---|"]
+            lines += [f"| {v.runtime} | {v.inputs} | {v.output} | {v.max_abs_diff:.3g} | "
+                      f"{v.max_rel_diff:.3g} | {'yes' if v.passed else 'NO'} |"
+                      + (f" {_md_cell(v.error)}" if v.error else "")
+                      for v in self.verification]
+            lines.append("")
+        if self.benchmark:
+            lines += ["## Benchmark", "", "| runtime | median ms | runs |", "|---|---|---|"]
+            lines += [f"| {b.runtime} | {b.median_ms:.2f} | {b.runs} |" for b in self.benchmark]
+            lines.append("")
+        lines += ["## Versions", "", ", ".join(f"{k} {v}" for k, v in self.versions.items()), ""]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.to_markdown()
+
+    def __rich__(self) -> Group:
+        parts: list = [Text(f"Result: {'OK' if self.ok else 'FAILED'}",
+                            style="bold green" if self.ok else "bold red")]
+        if self.stages:
+            table = Table(title="Stages", title_justify="left")
+            for column in ("stage", "status", "seconds", "artifact / error"):
+                table.add_column(column)
+            for s in self.stages:
+                style = {"ok": "green", "failed": "red", "skipped": "dim"}[s.status]
+                table.add_row(s.name, Text(s.status, style=style), f"{s.seconds:.2f}",
+                              s.error.splitlines()[0][:120] if s.error else (s.artifact or ""))
+            parts.append(table)
+        table = Table(title="Hazards", title_justify="left", show_lines=True)
+        for column in ("severity", "category", "location", "code", "fix"):
+            table.add_column(column, overflow="fold")
+        for h in self.sorted_hazards():
+            table.add_row(Text(h.severity, style="red" if h.severity == "error" else "yellow"),
+                          h.category, _where(h.file, h.line, short=True), h.code or "",
+                          f"{h.message}\n→ {h.fix}")
+        parts.append(table if self.hazards else Text("Hazards: none found", style="green"))
+        if self.unsupported_ops:
+            table = Table(title="Unsupported ops", title_justify="left")
+            for column in ("op", "backend", "count", "location"):
+                table.add_column(column)
+            for u in self.unsupported_ops:
+                table.add_row(u.op, u.backend, str(u.count), _where(u.file, u.line, short=True))
+            parts.append(table)
+        if self.verification:
+            table = Table(title="Verification against eager PyTorch", title_justify="left")
+            for column in ("runtime", "inputs", "output", "max abs", "max rel", "passed"):
+                table.add_column(column)
+            for v in self.verification:
+                table.add_row(v.runtime, v.inputs, v.output, f"{v.max_abs_diff:.3g}",
+                              f"{v.max_rel_diff:.3g}",
+                              Text("yes", style="green") if v.passed else
+                              Text("NO" + (f" ({v.error})" if v.error else ""), style="red"))
+            parts.append(table)
+        if self.benchmark:
+            table = Table(title="Benchmark", title_justify="left")
+            for column in ("runtime", "median ms", "runs"):
+                table.add_column(column)
+            for b in self.benchmark:
+                table.add_row(b.runtime, f"{b.median_ms:.2f}", str(b.runs))
+            parts.append(table)
+        return Group(*parts)
+
+    def _repr_html_(self) -> str:
+        status = "OK" if self.ok else "FAILED"
+        rows = "".join(
+            f"<tr><td>{h.severity}</td><td>{h.category}</td>"
+            f"<td>{html.escape(_where(h.file, h.line, short=True))}</td>"
+            f"<td><code>{html.escape(h.code or '')}</code></td>"
+            f"<td>{html.escape(h.message)}<br><b>Fix:</b> {html.escape(h.fix)}"
+            + (f"<details><summary>torch says</summary><pre>{html.escape(h.detail)}</pre>"
+               "</details>" if h.detail else "")
+            + "</td></tr>" for h in self.sorted_hazards())
+        hazards = (f"<table><tr><th>severity</th><th>category</th><th>location</th><th>code</th>"
+                   f"<th>message and fix</th></tr>{rows}</table>" if rows
+                   else "<p>No hazards found.</p>")
+        ops = "".join(f"<li><code>{html.escape(u.op)}</code> ({u.backend}, ×{u.count}) at "
+                      f"{html.escape(_where(u.file, u.line, short=True))}</li>"
+                      for u in self.unsupported_ops)
+        checks = "".join(f"<tr><td>{v.runtime}</td><td>{v.inputs}</td><td>{html.escape(v.output)}"
+                         f"</td><td>{v.max_abs_diff:.3g}</td><td>{'yes' if v.passed else 'NO'}"
+                         "</td></tr>" for v in self.verification)
+        return (f"<div><h3>dynexport: {status}</h3>{hazards}"
+                + (f"<h4>Unsupported ops</h4><ul>{ops}</ul>" if ops else "")
+                + (f"<h4>Verification</h4><table><tr><th>runtime</th><th>inputs</th>"
+                   f"<th>output</th><th>max abs diff</th><th>passed</th></tr>{checks}</table>"
+                   if checks else "") + "</div>")
+
+
+def _where(file: str | None, line: int | None, short: bool = False) -> str:
+    if not file:
+        return ""
+    name = Path(file).name if short else file
+    return f"{name}:{line}" if line else name
+
+
+def _md_cell(text: str | None) -> str:
+    return (text or "").replace("|", "\\|").replace("\n", " ")
+
+
+def _finite(data: dict) -> dict:
+    """JSON has no infinity: a comparison that could not run is recorded as null."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in data.items()}

@@ -1,0 +1,143 @@
+"""Load stage: read a user's SCRIPT.py (contract §2) into a Script record.
+
+Every way a script can be unusable becomes a ScriptError whose message is one paragraph:
+what is wrong and how to fix it. The CLI maps it to exit status 2."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+from torch.utils import _pytree as pytree
+
+from dynexport.inputs import Inputs, InputStructureError, make_probe, normalize_inputs
+
+_SCRIPT_HELP = ("A dynexport script defines `get_model()` returning a torch.nn.Module and "
+                "`get_inputs()` returning example inputs (see the contract, section 2).")
+
+
+class ScriptError(Exception):
+    """The script cannot be used; the message says what is wrong and how to fix it."""
+
+
+@dataclass
+class Script:
+    """What a script declares: the model, its inputs and how to export it."""
+
+    path: Path
+    model: torch.nn.Module
+    example: Inputs
+    probe: Inputs
+    probe_is_generated: bool
+    dynamic_shapes: Any = None
+    method: str = "forward"
+
+
+def load_script(path: str | os.PathLike, argv: list[str] | None = None) -> Script:
+    """Import `path` with `argv` as its sys.argv[1:], call its functions, check what they give."""
+    path = Path(path)
+    if not path.is_file():
+        hint = "is a directory" if path.is_dir() else "does not exist"
+        raise ScriptError(f"The script {path} {hint}. Pass the path of a Python file, e.g. "
+                          f"`python -m dynexport examples/convnet.py`. {_SCRIPT_HELP}")
+    if path.suffix != ".py":
+        raise ScriptError(f"The script {path} is not a Python file (.py). {_SCRIPT_HELP}")
+    saved_argv, sys.argv = sys.argv, [str(path), *(argv or [])]
+    try:
+        return _load(path)
+    finally:
+        sys.argv = saved_argv
+
+
+def _load(path: Path) -> Script:
+    module = _import(path)
+    model = _call(module, "get_model", path)
+    if not isinstance(model, torch.nn.Module):
+        raise ScriptError(f"get_model() in {path} returned {type(model).__name__}, not a "
+                          "torch.nn.Module. Return the model instance itself, e.g. "
+                          "`return MyNet().eval()`.")
+    method = getattr(module, "method", "forward")
+    if not isinstance(method, str) or not callable(getattr(model, method, None)):
+        raise ScriptError(f"`method = {method!r}` in {path} does not name a method of "
+                          f"{type(model).__name__}. Set it to the name of the method to export, "
+                          "or remove it to export `forward`.")
+    example = _inputs(module, "get_inputs", path)
+    has_probe = callable(getattr(module, "get_probe_inputs", None))
+    probe = _inputs(module, "get_probe_inputs", path) if has_probe else make_probe(example)
+    if has_probe:
+        _check_same_structure(example, probe, path)
+    return Script(path=path, model=model, example=example, probe=probe,
+                  probe_is_generated=not has_probe,
+                  dynamic_shapes=getattr(module, "dynamic_shapes", None), method=method)
+
+
+def _import(path: Path) -> ModuleType:
+    folder = str(path.resolve().parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    # A private module name: the script's stem may equal a package beside it (flashocc.py next
+    # to flashocc/), which the script itself imports.
+    name = f"_dynexport_script_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as exc:
+        raise ScriptError(f"The script {path} has a syntax error at line {exc.lineno}: "
+                          f"{exc.msg}. Fix that line; the script must be importable with "
+                          f"`python {path}`.") from exc
+    except SystemExit as exc:
+        raise ScriptError(f"The script {path} called sys.exit({exc.code}) while being imported "
+                          "(an argument parser rejecting its arguments?). Arguments after the "
+                          "script's path are passed to it as sys.argv[1:]; check them, and put "
+                          "top-level work under `if __name__ == '__main__':`.") from exc
+    except Exception as exc:
+        raise ScriptError(f"Importing the script {path} raised {_summary(exc)}. The script must "
+                          "import cleanly; fix the error (run `python -m dynexport --debug ...` "
+                          "for the traceback).") from exc
+    return module
+
+
+def _call(module: ModuleType, name: str, path: Path) -> Any:
+    function = getattr(module, name, None)
+    if function is None:
+        raise ScriptError(f"The script {path} has no `{name}()` function. {_SCRIPT_HELP}")
+    if not callable(function):
+        raise ScriptError(f"`{name}` in {path} is a {type(function).__name__}, not a function. "
+                          f"Define it as `def {name}(): ...`. {_SCRIPT_HELP}")
+    try:
+        return function()
+    except Exception as exc:
+        raise ScriptError(f"`{name}()` in {path} raised {_summary(exc)}. Fix it so that it runs "
+                          "on its own (run `python -m dynexport --debug ...` for the "
+                          "traceback).") from exc
+
+
+def _inputs(module: ModuleType, name: str, path: Path) -> Inputs:
+    try:
+        return normalize_inputs(_call(module, name, path), source=f"{name}() in {path}")
+    except InputStructureError as exc:
+        raise ScriptError(str(exc)) from exc
+
+
+def _check_same_structure(example: Inputs, probe: Inputs, path: Path) -> None:
+    spec_example = pytree.tree_structure((example.args, example.kwargs))
+    spec_probe = pytree.tree_structure((probe.args, probe.kwargs))
+    if spec_example != spec_probe:
+        raise ScriptError(f"get_probe_inputs() in {path} returns a different structure from "
+                          "get_inputs(). The probe must have the same arguments, with other "
+                          "values (and, where shapes are dynamic, other sizes).")
+
+
+def _summary(exc: BaseException) -> str:
+    frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    where = f" at {Path(frame.filename).name}:{frame.lineno}" if frame else ""
+    return f"{type(exc).__name__}: {exc}{where}"

@@ -1,0 +1,77 @@
+import numpy as np
+import pytest
+import torch
+
+from dynexport.inputs import Inputs
+from dynexport.verify import compare, verify
+
+
+def test_float32_within_tolerance_passes_and_reports_differences():
+    ref = np.linspace(-10, 10, 101, dtype=np.float32)
+    abs_diff, rel_diff, passed = compare(ref, ref + 1e-5)
+    assert passed
+    assert abs_diff == pytest.approx(1e-5, rel=1e-2)
+    assert rel_diff == pytest.approx(1e-6, rel=1e-2)
+
+
+def test_float32_beyond_tolerance_fails():
+    ref = np.ones(10, dtype=np.float32)
+    assert not compare(ref, ref + 0.01)[2]
+
+
+def test_shape_mismatch_fails():
+    assert compare(np.ones((2, 3)), np.ones((3, 2)))[2] is False
+
+
+def test_matching_non_finite_values_pass_and_new_nans_fail():
+    ref = np.array([np.inf, np.nan, 1.0])
+    assert compare(ref, ref.copy())[2]
+    assert not compare(np.ones(3), np.array([1.0, np.nan, 1.0]))[2]
+
+
+def test_integer_outputs_tolerate_rare_label_flips_only():
+    labels = np.arange(10000) % 18
+    flipped = labels.copy()
+    flipped[:5] += 1  # 0.05 % disagreement
+    assert compare(labels, flipped)[2]
+    flipped[:50] += 1  # 0.5 %
+    assert not compare(labels, flipped)[2]
+
+
+class _NumpyRunner:
+    """An independent runtime: the model's math written again in numpy."""
+
+    name = "onnxruntime"
+
+    def __init__(self, offset_on_second_call: float = 0.0):
+        self.calls = 0
+        self.offset = offset_on_second_call
+
+    def run(self, inputs):
+        self.calls += 1
+        (x,) = inputs
+        out = np.maximum(x, 0) * 2
+        return [out + (self.offset if self.calls % 2 == 0 else 0.0)]
+
+
+def test_verify_compares_each_input_and_keeps_the_worst_repeat():
+    def eager(inputs):
+        return torch.relu(inputs.args[0]) * 2
+
+    inputs = {"example": Inputs((torch.randn(5),)), "probe": Inputs((torch.randn(5),))}
+    good = verify(eager, [_NumpyRunner()], inputs)
+    assert [(r.inputs, r.passed) for r in good] == [("example", True), ("probe", True)]
+    racy = verify(eager, [_NumpyRunner(offset_on_second_call=0.5)], inputs, repeats=2)
+    assert not any(r.passed for r in racy)
+    assert all(r.max_abs_diff == pytest.approx(0.5) for r in racy)
+
+
+def test_a_runtime_error_is_a_failed_record():
+    class Refuses:
+        name = "openvino"
+
+        def run(self, inputs):
+            raise RuntimeError("Exception from src/inference: bad shape")
+
+    records = verify(lambda i: i.args[0] + 1, [Refuses()], {"probe": Inputs((torch.ones(2),))})
+    assert len(records) == 1 and not records[0].passed and "bad shape" in records[0].error
