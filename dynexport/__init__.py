@@ -6,7 +6,7 @@ Importing dynexport registers its custom ops and their translations; nothing els
 from __future__ import annotations
 
 import dynexport.custom_ops  # noqa: F401  (registers the ops and their translations)
-from dynexport.api import export, to_onnx, to_openvino
+from dynexport.api import explain, export, to_onnx, to_openvino
 
 __version__ = "0.1.0"
-__all__ = ["export", "to_onnx", "to_openvino"]
+__all__ = ["explain", "export", "to_onnx", "to_openvino"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +13,11 @@ from torch.export import ExportedProgram
 
 from dynexport.backends.onnx import to_onnx as _to_onnx
 from dynexport.backends.openvino import to_openvino as _to_openvino
-from dynexport.capture import capture
+from dynexport.capture import CaptureError, capture
 from dynexport.decompositions import decompose
-from dynexport.inputs import Inputs
+from dynexport.hazards.collect import find_hazards
+from dynexport.inputs import Inputs, make_probe, normalize_inputs
+from dynexport.report import Report, StageRecord
 
 
 def export(model: torch.nn.Module, args: tuple = (), kwargs: dict[str, Any] | None = None,
@@ -34,3 +37,27 @@ def to_onnx(program: ExportedProgram, path: str | os.PathLike) -> Path:
 def to_openvino(program: ExportedProgram) -> ov.Model:
     """Convert `program` to an openvino.Model (save it with openvino.save_model)."""
     return _to_openvino(program)
+
+
+def explain(model: torch.nn.Module, args: tuple = (), kwargs: dict[str, Any] | None = None,
+            dynamic_shapes: Any = None, method: str = "forward",
+            probe: Any = None) -> Report:
+    """Every hazard of `model` in one pass, without converting: capture with every fallback,
+    watch an eager run on the example and on `probe` (a second input of the same structure;
+    one is made when not given). The Report renders in a terminal and in Jupyter."""
+    example = Inputs(tuple(args), dict(kwargs or {}))
+    probe_inputs = normalize_inputs(probe, source="probe") if probe is not None \
+        else make_probe(example)
+    start = time.perf_counter()
+    try:
+        captured = capture(model, example, dynamic_shapes, method)
+        stage = StageRecord("capture", "ok")
+    except CaptureError as exc:
+        captured = exc.capture
+        stage = StageRecord("capture", "failed", error=str(exc))
+    stage.seconds = round(time.perf_counter() - start, 3)
+    function = getattr(model, method)
+    hazards = find_hazards(lambda i: function(*i.args, **i.kwargs), [example, probe_inputs],
+                           captured, model, method)
+    return Report(script=type(model).__name__, capture_strategy=captured.strategy,
+                  stages=[stage], hazards=hazards)

@@ -20,6 +20,7 @@ from dynexport.benchmark import benchmark
 from dynexport.capture import CaptureError, capture
 from dynexport.decompositions import decompose
 from dynexport.hazards.baked_constant import baked_constant_hazards
+from dynexport.hazards.collect import find_hazards
 from dynexport.quiet import quiet_torch
 from dynexport.report import Report, StageRecord
 from dynexport.runtimes import OnnxRuntimeRunner, OpenVINORunner, Runner
@@ -111,12 +112,17 @@ def run(script_path: str | os.PathLike, script_args: list[str], options: Options
 def _run_stages(state: _Run, script: Script, options: Options) -> None:
     report, out = state.report, options.out_dir
     program = None
+    eager = eager_call(script.model, script.method)
     with state.stage("capture"):
         try:
             captured = capture(script.model, script.example, script.dynamic_shapes, script.method)
         except CaptureError as exc:
+            captured = exc.capture
             raise StageFailed(str(exc)) from exc
-        report.capture_strategy = captured.strategy
+        finally:
+            report.capture_strategy = captured.strategy
+            report.hazards += find_hazards(eager, [script.example, script.probe], captured,
+                                           script.model, script.method)
     if report.capture_strategy is None:
         for name in ("decompose", *options.targets, "verify"):
             state.skip(name, "nothing was captured")
@@ -141,7 +147,6 @@ def _run_stages(state: _Run, script: Script, options: Options) -> None:
     if not state.artifacts:
         state.skip("verify", "no converted model to verify")
         return
-    eager = eager_call(script.model, script.method)
     runners: list[Runner] = []
     if options.verify:
         with state.stage("verify"):

@@ -3,13 +3,16 @@ matters itself, and the console shows the stages."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-_NOISY_LOGGERS = ("torch._dynamo", "torch.export", "torch._export", "torch.onnx",
-                  "torch.fx.experimental.symbolic_shapes", "torch._functorch", "torch._subclasses")
+_NOISY_LOGGERS = ("torch", "torch.fx", "torch._dynamo", "torch.export", "torch._export",
+                  "torch.onnx", "torch.fx.experimental.symbolic_shapes", "torch._functorch",
+                  "torch._subclasses", "torch._guards")
 
 
 @contextmanager
@@ -19,7 +22,9 @@ def quiet_torch() -> Iterator[None]:
     for logger in loggers:
         logger.setLevel(logging.CRITICAL)
     try:
-        with warnings.catch_warnings():
+        # A failed export prints its partial graph to stderr; the report says what matters.
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore", FutureWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", UserWarning)

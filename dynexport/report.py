@@ -154,14 +154,7 @@ class Report:
                 table.add_row(s.name, Text(s.status, style=style), f"{s.seconds:.2f}",
                               s.error.splitlines()[0][:120] if s.error else (s.artifact or ""))
             parts.append(table)
-        table = Table(title="Hazards", title_justify="left", show_lines=True)
-        for column in ("severity", "category", "location", "code", "fix"):
-            table.add_column(column, overflow="fold")
-        for h in self.sorted_hazards():
-            table.add_row(Text(h.severity, style="red" if h.severity == "error" else "yellow"),
-                          h.category, _where(h.file, h.line, short=True), h.code or "",
-                          f"{h.message}\n→ {h.fix}")
-        parts.append(table if self.hazards else Text("Hazards: none found", style="green"))
+        parts.append(self._rich_hazards())
         if self.unsupported_ops:
             table = Table(title="Unsupported ops", title_justify="left")
             for column in ("op", "backend", "count", "location"):
@@ -187,6 +180,20 @@ class Report:
                 table.add_row(b.runtime, f"{b.median_ms:.2f}", str(b.runs))
             parts.append(table)
         return Group(*parts)
+
+    def _rich_hazards(self) -> Text:
+        if not self.hazards:
+            return Text("Hazards: none found", style="green")
+        text = Text(f"Hazards ({len(self.hazards)})\n", style="bold")
+        for h in self.sorted_hazards():
+            text.append(f"{h.severity:7} ", style="red" if h.severity == "error" else "yellow")
+            text.append(f"{h.category}  ", style="bold")
+            text.append(_where(h.file, h.line, short=True) + "\n", style="cyan")
+            if h.code:
+                text.append(f"        {h.code}\n", style="dim")
+            text.append(f"        {h.message}\n")
+            text.append(f"        fix: {h.fix}\n", style="green")
+        return text
 
     def _repr_html_(self) -> str:
         status = "OK" if self.ok else "FAILED"
