@@ -17,6 +17,7 @@ from dynexport.capture import CaptureError, capture
 from dynexport.decompositions import decompose
 from dynexport.hazards.collect import find_hazards
 from dynexport.inputs import Inputs, make_probe, normalize_inputs
+from dynexport.quiet import quiet_torch
 from dynexport.report import Report, StageRecord
 
 
@@ -26,7 +27,8 @@ def export(model: torch.nn.Module, args: tuple = (), kwargs: dict[str, Any] | No
     decompositions; the result converts with plain `openvino.convert_model(ep)` and
     `torch.onnx.export(ep, dynamo=True)` too."""
     captured = capture(model, Inputs(tuple(args), dict(kwargs or {})), dynamic_shapes)
-    return decompose(captured.program)
+    with quiet_torch():
+        return decompose(captured.program)
 
 
 def to_onnx(program: ExportedProgram, path: str | os.PathLike) -> Path:

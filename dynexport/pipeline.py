@@ -137,11 +137,11 @@ def _run_stages(state: _Run, script: Script, options: Options) -> None:
             state.skip(name, "decomposition failed")
         return
     if "onnx" in options.targets:
-        with state.stage("onnx") as record, quiet_torch():
+        with state.stage("onnx") as record:
             record.artifact = str(to_onnx(program, out / "model.onnx"))
             state.artifacts["onnx"] = Path(record.artifact)
     if "openvino" in options.targets:
-        with state.stage("openvino") as record, quiet_torch():
+        with state.stage("openvino") as record:
             record.artifact = str(save_openvino(to_openvino(program), out / "openvino"))
             state.artifacts["openvino"] = Path(record.artifact)
     if not state.artifacts:

@@ -46,7 +46,7 @@ def installed_versions() -> dict[str, str | None]:
     return versions
 
 
-@dataclass
+@dataclass(repr=False)
 class Report:
     """Everything dynexport learnt about one model."""
 
@@ -138,6 +138,12 @@ class Report:
             lines.append("")
         lines += ["## Versions", "", ", ".join(f"{k} {v}" for k, v in self.versions.items()), ""]
         return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        errors = sum(h.severity == "error" for h in self.hazards)
+        return (f"<dynexport Report {self.script or ''}: {'OK' if self.ok else 'FAILED'}, "
+                f"{len(self.hazards)} hazards ({errors} errors), "
+                f"{len(self.unsupported_ops)} unsupported ops>")
 
     def __str__(self) -> str:
         return self.to_markdown()

@@ -12,13 +12,14 @@ from torch.export import ExportedProgram
 
 from dynexport.backends.shape_env import isolated_shape_env
 from dynexport.custom_ops.registry import onnx_translation_table
+from dynexport.quiet import quiet_torch
 
 
 def to_onnx(program: ExportedProgram, path: str | os.PathLike) -> Path:
     """Write `program` as a standard-ops ONNX model at `path` and check it; return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with isolated_shape_env(program):
+    with isolated_shape_env(program), quiet_torch():
         onnx_program = torch.onnx.export(
             program, (), dynamo=True, verbose=False,
             custom_translation_table=onnx_translation_table(),
