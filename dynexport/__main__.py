@@ -9,7 +9,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from dynexport.pipeline import TARGETS, Options, format_traceback, run
+from dynexport.capture import CaptureError
+from dynexport.coverage import coverage_table
+from dynexport.pipeline import TARGETS, Options, format_traceback, run, script_coverage
 from dynexport.script import ScriptError
 
 EXIT_OK, EXIT_FAILED, EXIT_UNUSABLE = 0, 1, 2
@@ -38,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--bench", action="store_true", help="also time eager and each runtime")
     parser.add_argument("--device", default="CPU", help="OpenVINO device (default CPU)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    parser.add_argument("script", help="SCRIPT.py defining get_model() and get_inputs()")
+    parser.add_argument("script", help="SCRIPT.py defining get_model() and get_inputs(); or "
+                        "`ops SCRIPT.py` for the operator coverage table alone")
     parser.add_argument("script_args", nargs=argparse.REMAINDER,
                         help="passed to the script as sys.argv[1:]")
     return parser
@@ -58,6 +61,15 @@ def _options(args: argparse.Namespace) -> Options:
                    device=args.device)
 
 
+def _ops(args: argparse.Namespace, console: Console) -> int:
+    """`python -m dynexport ops SCRIPT.py [SCRIPT_ARGS...]`: the coverage table only."""
+    if not args.script_args:
+        raise UsageError("`ops` needs the script: `python -m dynexport ops SCRIPT.py`")
+    rows = script_coverage(args.script_args[0], args.script_args[1:])
+    console.print(coverage_table(rows))
+    return EXIT_OK if all(row.onnx and row.openvino for row in rows) else EXIT_FAILED
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     console = Console(stderr=False)
@@ -65,11 +77,16 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     try:
         args = _parser().parse_args(argv)
+        if args.script == "ops" and not Path("ops").is_file():
+            return _ops(args, console)
         options = _options(args)
         from dynexport.console import StageProgress
 
         with StageProgress(console, debug=args.debug) as progress:
             report = run(args.script, args.script_args, options, observer=progress)
+    except CaptureError as exc:
+        errors.print(f"[bold red]dynexport:[/] {exc}", highlight=False, soft_wrap=True)
+        return EXIT_FAILED
     except (UsageError, ScriptError) as exc:
         errors.print(f"[bold red]dynexport:[/] {exc}", highlight=False, soft_wrap=True)
         if debug:

@@ -14,6 +14,7 @@ from torch.export import ExportedProgram
 from dynexport.backends.onnx import to_onnx as _to_onnx
 from dynexport.backends.openvino import to_openvino as _to_openvino
 from dynexport.capture import CaptureError, capture
+from dynexport.coverage import unsupported_op_hazards, unsupported_ops
 from dynexport.decompositions import decompose
 from dynexport.hazards.collect import find_hazards
 from dynexport.inputs import Inputs, make_probe, normalize_inputs
@@ -61,5 +62,10 @@ def explain(model: torch.nn.Module, args: tuple = (), kwargs: dict[str, Any] | N
     function = getattr(model, method)
     hazards = find_hazards(lambda i: function(*i.args, **i.kwargs), [example, probe_inputs],
                            captured, model, method)
+    missing = []
+    if captured.program is not None:
+        with quiet_torch():
+            missing = unsupported_ops(captured.program)
     return Report(script=type(model).__name__, capture_strategy=captured.strategy,
-                  stages=[stage], hazards=hazards)
+                  stages=[stage], hazards=hazards + unsupported_op_hazards(missing),
+                  unsupported_ops=missing)

@@ -4,6 +4,7 @@ times each, keeps the artifacts of those that succeeded, and always writes the r
 from __future__ import annotations
 
 import os
+import re
 import time
 import traceback
 from collections.abc import Iterator
@@ -18,6 +19,13 @@ from dynexport.backends.onnx import to_onnx
 from dynexport.backends.openvino import save_openvino, to_openvino
 from dynexport.benchmark import benchmark
 from dynexport.capture import CaptureError, capture
+from dynexport.coverage import (
+    OpCoverage,
+    op_coverage,
+    translate_backend_error,
+    unsupported_op_hazards,
+    unsupported_ops,
+)
 from dynexport.decompositions import decompose
 from dynexport.hazards.baked_constant import baked_constant_hazards
 from dynexport.hazards.collect import find_hazards
@@ -109,6 +117,16 @@ def run(script_path: str | os.PathLike, script_args: list[str], options: Options
     return report
 
 
+def script_coverage(script_path: str | os.PathLike, script_args: list[str]) -> list[OpCoverage]:
+    """`python -m dynexport ops`: which ops of the script's model each backend can lower,
+    without converting. Raises ScriptError for an unusable script, CaptureError when nothing
+    can be captured."""
+    script = load_script(script_path, script_args)
+    captured = capture(script.model, script.example, script.dynamic_shapes, script.method)
+    with quiet_torch():
+        return op_coverage(captured.program)
+
+
 def _run_stages(state: _Run, script: Script, options: Options) -> None:
     report, out = state.report, options.out_dir
     program = None
@@ -137,11 +155,12 @@ def _run_stages(state: _Run, script: Script, options: Options) -> None:
             state.skip(name, "decomposition failed")
         return
     if "onnx" in options.targets:
-        with state.stage("onnx") as record:
+        with state.stage("onnx") as record, _naming_unsupported_ops(report, program, "onnx"):
             record.artifact = str(to_onnx(program, out / "model.onnx"))
             state.artifacts["onnx"] = Path(record.artifact)
     if "openvino" in options.targets:
-        with state.stage("openvino") as record:
+        with state.stage("openvino") as record, \
+                _naming_unsupported_ops(report, program, "openvino"):
             record.artifact = str(save_openvino(to_openvino(program), out / "openvino"))
             state.artifacts["openvino"] = Path(record.artifact)
     if not state.artifacts:
@@ -163,6 +182,26 @@ def _run_stages(state: _Run, script: Script, options: Options) -> None:
                                          script.example)
 
 
+@contextmanager
+def _naming_unsupported_ops(report: Report, program, backend: str) -> Iterator[None]:
+    """A failed conversion becomes `unsupported_ops` records and hazards at the user's lines
+    (the coverage preflight, run only then: a conversion that succeeds needs no second pass),
+    and the stage error names the ops instead of the exporter's raw exception."""
+    try:
+        yield
+    except Exception as exc:
+        with quiet_torch():
+            found = unsupported_ops(program, (backend,)) or \
+                translate_backend_error(exc, backend, program)
+        if not found:
+            raise
+        report.unsupported_ops += found
+        report.hazards += unsupported_op_hazards(found)
+        names = ", ".join(sorted({op.op for op in found}))
+        raise StageFailed(f"{backend} cannot lower {names} (see unsupported_ops); "
+                          f"{_error_text(exc).splitlines()[0][:200]}") from exc
+
+
 def _runners(artifacts: dict[str, Path], options: Options) -> list[Runner]:
     runners: list[Runner] = []
     if "onnx" in artifacts:
@@ -173,8 +212,11 @@ def _runners(artifacts: dict[str, Path], options: Options) -> list[Runner]:
     return runners
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def _error_text(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
+    text = _ANSI.sub("", str(exc)).strip() or type(exc).__name__
     if not isinstance(exc, StageFailed):
         text = f"{type(exc).__name__}: {text}"
     lines = text.splitlines()

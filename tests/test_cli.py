@@ -161,3 +161,47 @@ def test_module_entry_point_end_to_end(tmp_path):
     debug = subprocess.run([sys.executable, "-m", "dynexport", "--debug",
                             str(tmp_path / "nope.py")], capture_output=True, text=True)
     assert debug.returncode == 2 and "Traceback" in debug.stderr
+
+
+UNSUPPORTED = """
+import torch
+
+class SpecialFunctions(torch.nn.Module):
+    def forward(self, x):
+        bins = torch.histc(x, bins=4)  # histc
+        return torch.digamma(x), bins  # digamma
+
+def get_model():
+    return SpecialFunctions()
+
+def get_inputs():
+    return (torch.rand(8) + 1,)
+"""
+
+
+def test_ops_a_backend_cannot_lower_are_named_at_their_lines(cli, write_script, tmp_path):
+    script = write_script(UNSUPPORTED)
+    out = tmp_path / "out"
+    assert cli("--out", out, script)[0] == 1
+    report = read_report(out)
+    lines = {text: i for i, line in enumerate(UNSUPPORTED.splitlines(), 1)
+             for text in ("# histc", "# digamma") if text in line}
+    records = {(u["backend"], u["op"], u["line"]) for u in report["unsupported_ops"]}
+    assert ("openvino", "aten.histc.default", lines["# histc"]) in records
+    assert ("openvino", "aten.digamma.default", lines["# digamma"]) in records
+    assert any(b == "onnx" and "digamma" in op and line == lines["# digamma"]
+               for b, op, line in records)
+    hazards = {(h["category"], h["line"]) for h in report["hazards"]}
+    assert ("unsupported_op", lines["# histc"]) in hazards
+    stages = {s["name"]: s for s in report["stages"]}
+    assert "cannot lower" in stages["openvino"]["error"] and "\x1b[" not in stages["onnx"]["error"]
+
+
+def test_ops_subcommand_prints_coverage_without_converting(cli, write_script, tmp_path,
+                                                           monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, stdout, _ = cli("ops", write_script(UNSUPPORTED))
+    assert code == 1
+    assert "aten.histc.default" in stdout and "aten.digamma.default" in stdout
+    assert not (tmp_path / "dynexport_out").exists()
+    assert cli("ops", REPO / "examples" / "convnet.py")[0] == 0
