@@ -105,6 +105,15 @@ def _origin(node: torch.fx.Node, index: dict[int, dict[str, torch.fx.Node]]
     return None
 
 
+def _node_op(node: torch.fx.Node) -> str:
+    # torch.onnx wraps effectful ops (e.g. the _linalg_check_errors of linalg.inv) in the
+    # with_effects HOP; the wrapped op is the one the user can relate to and act on.
+    if isinstance(node.target, torch._ops.HigherOrderOperator) and \
+            node.target.name() == "with_effects" and len(node.args) > 1:
+        return op_name(node.args[1])
+    return op_name(node.target)
+
+
 def _location(nodes: Iterable[torch.fx.Node]) -> SourceLocation | None:
     for node in nodes:
         loc = location_from_stack_trace(node.meta.get("stack_trace"))
@@ -177,15 +186,19 @@ def _openvino_failures(ep: ExportedProgram) -> list[torch.fx.Node]:
     from openvino.frontend import FrontEndManager
     from openvino.frontend.pytorch.fx_decoder import TorchFXPythonDecoder
 
+    registry_module = _custom_registry()
+    # dynexport's OpenVINO stage converts the kit's decoder input, which keeps the custom ops
+    # that have a ConversionExtension; without the kit, convert_model(ep)'s own decoder.
+    make_decoder = getattr(registry_module, "openvino_decoder_input",
+                           TorchFXPythonDecoder.from_exported_program)
     with _quiet_openvino():
         try:
-            decoder = TorchFXPythonDecoder.from_exported_program(ep)
+            decoder = make_decoder(ep)
         except Exception as exc:
             _log.warning("OpenVINO could not decompose the program (%s); "
                          "OpenVINO coverage is judged on the program as given", exc)
             decoder = TorchFXPythonDecoder(ep.module())
         frontend = FrontEndManager().load_by_framework("pytorch")
-        registry_module = _custom_registry()
         for extension in registry_module.openvino_extensions() if registry_module else ():
             frontend.add_extension(extension)
         model = frontend.convert_partially(frontend.load(decoder))
@@ -256,7 +269,7 @@ def op_coverage(ep: ExportedProgram) -> list[OpCoverage]:
     for backend, nodes in analysis.failures.items():
         for node in nodes:
             origin = _origin(node, index)
-            name = op_name(origin.target) if origin is not None else op_name(node.target)
+            name = op_name(origin.target) if origin is not None else _node_op(node)
             failing[name].add(backend)
             if origin is None:
                 nodes_by_op[name].append(node)
@@ -285,7 +298,7 @@ def unsupported_ops(ep: ExportedProgram,
         for node in nodes:
             origin = _origin(node, index)
             loc = _location([node] + ([origin] if origin is not None else []))
-            groups[(backend, op_name(node.target), loc)] += 1
+            groups[(backend, _node_op(node), loc)] += 1
     return [
         UnsupportedOp(op=op, backend=backend, count=count,
                       file=loc.file if loc else None, line=loc.line if loc else None,
@@ -295,12 +308,17 @@ def unsupported_ops(ep: ExportedProgram,
 
 
 _BACKEND_NAMES = {"onnx": "ONNX (torch.onnx)", "openvino": "OpenVINO"}
+# What the exporters' own tables turn a declined inverse / det / solve into.
+_LINALG_INTERNALS = {"aten._linalg_check_errors.default", "aten._linalg_det.default",
+                     "aten._linalg_solve_ex.default"}
 
 
 def _fix(op: str, backend: Backend) -> str:
-    if op in {op_name(o) for o in decomposition_table()}:
-        return ("dynexport decomposes this op only for float32/float64 matrices of static "
-                "size n <= 8; make the matrix size static, or cast the input to float32")
+    if op in {op_name(o) for o in decomposition_table()} | _LINALG_INTERNALS:
+        return ("dynexport decomposes inverse, det and solve only for float32/float64 "
+                "matrices of static size up to 8x8: keep the size static and the dtype "
+                "float32/float64, or compute the result outside the model and pass it in "
+                "as an input")
     if op.startswith("dynexport."):
         return (f"this dynexport custom op has no {backend} translation registered; add one "
                 "with the dynexport.custom_ops kit (see dynexport/custom_ops/README.md)")

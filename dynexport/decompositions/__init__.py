@@ -1,1 +1,50 @@
-"""Decompositions dynexport.export applies so that ops the backends lack convert."""
+"""Decompositions dynexport.export applies so that ops the backends lack convert.
+
+`decompose(ep)` is the pipeline's "decompose" step. It runs
+`ep.run_decompositions(decomposition_table())`; in torch >= 2.5 a non-empty custom table
+decomposes exactly the ops it names and keeps every other op as captured, including the
+CompositeImplicitAutograd ops torch.export preserves and custom ops (dynexport::*), so the
+program stays as general as the capture made it. Each module here holds one concern.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch.export import ExportedProgram
+
+from dynexport.decompositions import inverse
+
+__all__ = ["decompose", "decomposition_table", "program_ops"]
+
+
+def decomposition_table() -> dict[torch._ops.OpOverload, Callable]:
+    """Every op dynexport decomposes, mapped to its decomposition (a fresh dict)."""
+    table: dict[torch._ops.OpOverload, Callable] = {}
+    table.update(inverse.table())
+    # dynexport's own custom ops must reach the backends intact for their translations.
+    return {op: fn for op, fn in table.items() if op.namespace != "dynexport"}
+
+
+def program_ops(ep: ExportedProgram) -> set[object]:
+    """Targets of all call_function nodes, including those in control-flow subgraphs."""
+    return {
+        node.target
+        for module in ep.graph_module.modules()
+        if isinstance(module, torch.fx.GraphModule)
+        for node in module.graph.nodes
+        if node.op == "call_function"
+    }
+
+
+def decompose(ep: ExportedProgram) -> ExportedProgram:
+    """Apply dynexport's decompositions; returns `ep` itself when none of its ops is in the table.
+
+    Ops whose decomposition declines the input (e.g. a 16x16 or symbolic-size inverse)
+    stay in the graph, where the coverage preflight reports them.
+    """
+    table = decomposition_table()
+    if not program_ops(ep) & table.keys():
+        return ep  # retracing costs seconds on big models and would change nothing
+    return ep.run_decompositions(table)
