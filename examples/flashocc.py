@@ -1,0 +1,87 @@
+"""FlashOcc end to end: PyTorch → ExportedProgram → ONNX and OpenVINO IR, verified on two camera
+setups. The model is `flashocc/` next to this script (see docs/flashocc.md).
+
+    python -m dynexport examples/flashocc.py                       # M0, ranks in the graph
+    python -m dynexport examples/flashocc.py --ranks precomputed   # ranks as int32 inputs
+    python -m dynexport examples/flashocc.py --variant legacy      # the seed's code, diagnosed
+    python -m dynexport examples/flashocc.py --config tiny         # the same structure, small
+    python -m dynexport examples/flashocc.py --checkpoint flashocc-r50-M0-256x704.pth
+
+Without --checkpoint the weights are random (seeded); with it, a FlashOCC checkpoint of the
+config is loaded (--config m0: flashocc-r50-M0, m1: flashocc-r50).
+"""
+
+import argparse
+import sys
+
+import torch
+from flashocc import (
+    CONFIGS,
+    FlashOcc,
+    FlashOccPrecomputed,
+    compute_ranks,
+    init_weights,
+    load_checkpoint,
+)
+from flashocc.cameras import camera_rig, probe_augmentation
+from flashocc.legacy import FlashOccLegacy, FlashOccLegacyTRT
+
+CAMERA_KEYS = ("sensor2ego", "ego2global", "intrinsics", "post_rots", "post_trans", "bda")
+
+
+def _arguments(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="examples/flashocc.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="m0",
+                        help="m0: flashocc-r50-M0 (default), m1: flashocc-r50, tiny: for tests")
+    parser.add_argument("--ranks", choices=("graph", "precomputed"), default="graph",
+                        help="compute the BEV pooling ranks in the graph from the cameras "
+                             "(default), or take them as int32 inputs")
+    parser.add_argument("--variant", choices=("export", "legacy"), default="export",
+                        help="export: the export-ready model (default); legacy: the seed's code")
+    parser.add_argument("--checkpoint", help="a FlashOCC .pth to load instead of random weights")
+    return parser.parse_args(argv)
+
+
+ARGS = _arguments(sys.argv[1:])
+CONFIG = CONFIGS[ARGS.config]
+PRECOMPUTED = ARGS.ranks == "precomputed"
+LEGACY = ARGS.variant == "legacy"
+
+MODELS = {("graph", "export"): FlashOcc, ("precomputed", "export"): FlashOccPrecomputed,
+          ("graph", "legacy"): FlashOccLegacy, ("precomputed", "legacy"): FlashOccLegacyTRT}
+
+if PRECOMPUTED:
+    # M points inside the grid and P occupied cells depend on the cameras.
+    _points = torch.export.Dim("points", min=2, max=CONFIG.num_points)
+    _cells = torch.export.Dim("cells", min=2, max=CONFIG.num_points)
+    dynamic_shapes = (None, {0: _points}, {0: _points}, {0: _points}, {0: _cells}, {0: _cells})
+
+
+def get_model() -> torch.nn.Module:
+    model = init_weights(MODELS[ARGS.ranks, ARGS.variant](CONFIG), seed=0)
+    if ARGS.checkpoint:
+        load_checkpoint(model, ARGS.checkpoint)
+    return model.eval()
+
+
+def _inputs(rig: dict[str, torch.Tensor]):
+    cameras = [rig[key] for key in CAMERA_KEYS]
+    if PRECOMPUTED:
+        ranks = compute_ranks(CONFIG, *cameras)
+        # FlashOcc's TensorRT entry point takes one sample's images, (N, 3, H, W).
+        return (rig["images"][0] if LEGACY else rig["images"], *ranks)
+    if LEGACY:
+        return (), {"return_loss": False, "img_inputs": [rig["images"], *cameras]}
+    return (rig["images"], *cameras)
+
+
+def get_inputs():
+    """Test-time augmentation: post_rot diag(s, s, 1) with s = input width / 1600 (0.44 for
+    M0), post_trans (0, -crop, 0) (-140 for M0), bda identity."""
+    return _inputs(camera_rig(CONFIG, seed=1))
+
+
+def get_probe_inputs():
+    """Another car pose, other images, another image and BEV augmentation: M changes."""
+    return _inputs(camera_rig(CONFIG, seed=2, augmentation=probe_augmentation(CONFIG)))
