@@ -191,7 +191,8 @@ def main(argv: list[str] | None = None) -> None:
 
     print(f"bev_pool_v2, FlashOcc M0: M = {m} points, P = {p} occupied cells of "
           f"{GRID}×{GRID}, C = {C}; {moved / 1e6:.1f} MB touched per call")
-    print(f"{datetime.date.today()}, {cpu_description()}, {args.threads} threads, "
+    print(f"{datetime.date.today()}, {cpu_description()}, "
+          f"{args.threads} thread{'s' if args.threads != 1 else ''}, "
           f"median of {args.runs} runs; torch {torch.__version__}, onnxruntime "
           f"{ort.__version__}, openvino {ov.__version__.split('-')[0]}; load average "
           f"{os.getloadavg()[0]:.1f} at the end\n")

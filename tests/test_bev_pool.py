@@ -343,3 +343,26 @@ def test_openvino_is_exact_and_deterministic(openvino_models, kind, threads, pro
 
 def test_eager_matches_the_reference_at_m0_size():
     assert_matches(Pool()(*PROBES["m0"]).numpy(), "m0")
+
+
+class BatchPool(torch.nn.Module):
+    """bev_feat_shape built from a dynamic batch size: a symbolic entry in the int list."""
+
+    def forward(self, depth, feat, ranks_depth, ranks_feat, ranks_bev, starts, lengths):
+        return bev_pool_v2(depth, feat, ranks_depth, ranks_feat, ranks_bev,
+                           (depth.shape[0], 2, 3, 4, feat.shape[-1]), starts, lengths)
+
+
+def test_dynamic_batch_converts_everywhere(tmp_path):
+    batch, m, p = (torch.export.Dim(name, min=lo) for name, lo in (("B", 1), ("M", 0), ("P", 0)))
+    program = dynexport.export(BatchPool(), model_inputs(random_case(0, m=60)), dynamic_shapes=(
+        {0: batch}, {0: batch}, {0: m}, {0: m}, {0: m}, {0: p}, {0: p}))
+    inputs = model_inputs(random_case(1, b=3, m=150, cells=40))
+    expected = loop_reference(*inputs[:5], (3, 2, 3, 4, 3))
+    torch.onnx.export(program, dynamo=True, verbose=False).save(tmp_path / "plain.onnx")
+    for path in (dynexport.to_onnx(program, tmp_path / "model.onnx"), tmp_path / "plain.onnx"):
+        np.testing.assert_allclose(run_onnxruntime(path, inputs, 2)[0], expected,
+                                   rtol=1e-5, atol=1e-6)
+    for model in (dynexport.to_openvino(program), ov.convert_model(program)):
+        out = ov.Core().compile_model(model, "CPU", F32)([t.numpy() for t in inputs])[0]
+        np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
