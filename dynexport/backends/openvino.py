@@ -10,13 +10,17 @@ import openvino as ov
 from torch.export import ExportedProgram
 
 from dynexport.backends.shape_env import isolated_shape_env
-from dynexport.custom_ops.registry import openvino_extensions
+from dynexport.custom_ops.registry import openvino_decoder_input, openvino_extensions
+from dynexport.quiet import quiet_torch
 
 
 def to_openvino(program: ExportedProgram) -> ov.Model:
     """Convert `program` to an in-memory openvino.Model."""
-    with isolated_shape_env(program):
-        return ov.convert_model(program, extension=openvino_extensions() or None)
+    with isolated_shape_env(program), quiet_torch():
+        # Not convert_model(program): its decomposition would expand dynexport's custom ops
+        # before their ConversionExtensions are consulted (see dynexport/custom_ops/README.md).
+        return ov.convert_model(openvino_decoder_input(program),
+                                extension=openvino_extensions() or None)
 
 
 def save_openvino(model: ov.Model, directory: str | os.PathLike) -> Path:
