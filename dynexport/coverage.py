@@ -24,11 +24,18 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from torch.export import ExportedProgram
 
+from dynexport.backends.shape_env import isolated_shape_env
+from dynexport.custom_ops.registry import (
+    onnx_translation_table,
+    openvino_decoder_input,
+    openvino_extensions,
+)
 from dynexport.decompositions import decompose, decomposition_table
 from dynexport.hazards.location import location_from_stack_trace
 from dynexport.hazards.records import Backend, Hazard, SourceLocation, UnsupportedOp
@@ -124,14 +131,6 @@ def _location(nodes: Iterable[torch.fx.Node]) -> SourceLocation | None:
 
 # --- what each backend cannot lower -----------------------------------------------------
 
-def _custom_registry():
-    try:
-        from dynexport.custom_ops import registry
-    except ImportError:  # the custom-op kit is optional for coverage
-        return None
-    return registry
-
-
 @functools.lru_cache(maxsize=4)
 def _onnx_registry(custom: tuple[tuple[object, Callable], ...]):
     # Building torchlib's registry takes ~1 s; the custom translations are part of the key.
@@ -147,9 +146,7 @@ def _onnx_failures(ep: ExportedProgram) -> list[torch.fx.Node]:
     """Nodes of torch.onnx's own prepared program that its dispatcher finds no function for."""
     from torch.onnx._internal.exporter import _core, _dispatching
 
-    registry_module = _custom_registry()
-    custom = tuple(registry_module.onnx_translation_table().items()) if registry_module else ()
-    registry = _onnx_registry(custom)
+    registry = _onnx_registry(tuple(onnx_translation_table().items()))
     with torch.fx.experimental._config.patch(backed_size_oblivious=True):
         try:
             prepared = _core._prepare_exported_program_for_export(ep, registry=registry)
@@ -186,20 +183,17 @@ def _openvino_failures(ep: ExportedProgram) -> list[torch.fx.Node]:
     from openvino.frontend import FrontEndManager
     from openvino.frontend.pytorch.fx_decoder import TorchFXPythonDecoder
 
-    registry_module = _custom_registry()
-    # dynexport's OpenVINO stage converts the kit's decoder input, which keeps the custom ops
-    # that have a ConversionExtension; without the kit, convert_model(ep)'s own decoder.
-    make_decoder = getattr(registry_module, "openvino_decoder_input",
-                           TorchFXPythonDecoder.from_exported_program)
+    # The same decoder input dynexport's OpenVINO stage converts: it keeps the custom ops that
+    # have a ConversionExtension.
     with _quiet_openvino():
         try:
-            decoder = make_decoder(ep)
+            decoder = openvino_decoder_input(ep)
         except Exception as exc:
             _log.warning("OpenVINO could not decompose the program (%s); "
                          "OpenVINO coverage is judged on the program as given", exc)
             decoder = TorchFXPythonDecoder(ep.module())
         frontend = FrontEndManager().load_by_framework("pytorch")
-        for extension in registry_module.openvino_extensions() if registry_module else ():
+        for extension in openvino_extensions():
             frontend.add_extension(extension)
         model = frontend.convert_partially(frontend.load(decoder))
     # The decoder names each OpenVINO node "<fx node name>/<op type>".
@@ -219,19 +213,6 @@ _FAILURES: dict[Backend, Callable[[ExportedProgram], list[torch.fx.Node]]] = {
 }
 
 
-@contextmanager
-def _isolated(ep: ExportedProgram) -> Iterator[None]:
-    # A backend's retrace can leave pending unbacked symbols in the program's ShapeEnv that
-    # break the next retrace; the backends stage guards against the same.
-    try:
-        from dynexport.backends.shape_env import isolated_shape_env
-    except ImportError:
-        yield
-        return
-    with isolated_shape_env(ep):
-        yield
-
-
 @dataclass
 class _Analysis:
     program: ExportedProgram  # as given
@@ -243,7 +224,7 @@ def _analyze(ep: ExportedProgram, backends: Sequence[Backend]) -> _Analysis:
     decomposed = decompose(ep)
     failures = {}
     for backend in backends:
-        with _isolated(decomposed):
+        with isolated_shape_env(decomposed):
             failures[backend] = _FAILURES[backend](decomposed)
     return _Analysis(ep, decomposed, failures)
 
@@ -319,9 +300,9 @@ def _fix(op: str, backend: Backend) -> str:
                 "matrices of static size up to 8x8: keep the size static and the dtype "
                 "float32/float64, or compute the result outside the model and pass it in "
                 "as an input")
-    if op.startswith("dynexport."):
-        return (f"this dynexport custom op has no {backend} translation registered; add one "
-                "with the dynexport.custom_ops kit (see dynexport/custom_ops/README.md)")
+    if not op.startswith(("aten.", "prims.")):
+        return (f"this custom op has no {backend} translation registered; add one with the "
+                "dynexport.custom_ops kit (see dynexport/custom_ops/README.md)")
     return ("rewrite the line with ops both backends support; or wrap it in a custom op "
             "and register per-backend translations with the dynexport.custom_ops kit; "
             "or add a decomposition for it to dynexport/decompositions/")
@@ -413,7 +394,7 @@ def coverage_table(rows: list[OpCoverage]) -> Table:
     ordered = sorted(rows, key=lambda r: (r.onnx and r.openvino, r.op))  # failures first
     for row in ordered:
         loc = row.location
-        source = f"{loc.file}:{loc.line}  {loc.code}" if loc else ""
+        source = f"{Path(loc.file).name}:{loc.line}  {loc.code}" if loc else ""
         table.add_row(row.op, str(row.count), mark(row.onnx), mark(row.openvino),
                       "yes" if row.decomposed_by_dynexport else "", source)
     return table
