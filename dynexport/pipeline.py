@@ -7,7 +7,7 @@ import os
 import re
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,16 +100,20 @@ def eager_call(model: torch.nn.Module, method: str = "forward"):
     return lambda inputs: function(*inputs.args, **inputs.kwargs)
 
 
+ScriptLoader = Callable[[str | os.PathLike, list[str]], Script]
+
+
 def run(script_path: str | os.PathLike, script_args: list[str], options: Options,
-        observer: StageObserver | None = None) -> Report:
+        observer: StageObserver | None = None, loader: ScriptLoader = load_script) -> Report:
     """Run every stage on the script; raise ScriptError (after writing the report, where the
-    script exists) when the script is unusable."""
+    script exists) when the script is unusable. `loader` turns the path and its arguments into
+    a Script (a SCRIPT.py by default; an integration may read a config instead)."""
     report = Report(script=str(script_path))
     state = _Run(report, observer)
     options.out_dir.mkdir(parents=True, exist_ok=True)
     try:
         with state.stage("load"):
-            script = load_script(script_path, script_args)
+            script = loader(script_path, script_args)
         _run_stages(state, script, options)
     finally:
         if Path(script_path).is_file():
