@@ -44,6 +44,27 @@ class BranchOnMaskedLength(torch.nn.Module):
         return x * kept.mean()
 
 
+class BranchOnMaskLength(torch.nn.Module):
+    def forward(self, x):
+        kept = x > 0
+        if len(kept) == 0:  # len-of-mask
+            return x
+        return x * kept
+
+
+class PoolsMaskedPointsIntoAGrid(torch.nn.Module):
+    """Masked selection feeding a fixed-size grid: sizes after the scatter are static."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm = torch.nn.BatchNorm1d(4)
+
+    def forward(self, x, cells):
+        kept = x[:, 0] > 0
+        grid = torch.zeros(8, 4).index_add(0, cells[kept], x[kept])
+        return self.norm(grid)
+
+
 class ItemFeedsComputation(torch.nn.Module):
     def forward(self, x):
         peak = x.abs().max().item()  # item-on-data
@@ -104,6 +125,17 @@ def test_len_of_a_masked_tensor_is_a_data_dependent_branch():
     hazard = only(hazards(BranchOnMaskedLength(), torch.randn(8)), "data_dependent_branch")
     assert hazard.line == line_of("len-kept") and hazard.code == "if len(kept) == 0:  # len-kept"
     assert "torch._check" in hazard.fix
+
+
+def test_length_of_a_mask_is_a_dead_branch_warning():
+    hazard = only(hazards(BranchOnMaskLength(), torch.randn(8)), "tensor_to_python")
+    assert hazard.line == line_of("len-of-mask") and hazard.severity == "warning"
+    assert "dead" in hazard.fix.lower()
+
+
+def test_static_sizes_after_a_fixed_size_scatter_are_not_hazards():
+    model = PoolsMaskedPointsIntoAGrid().eval()
+    assert hazards(model, torch.randn(16, 4), torch.randint(0, 8, (16,))) == []
 
 
 def test_item_on_data_is_an_error():

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch.export import ExportedProgram
 
-from dynexport.decompositions import inverse
+from dynexport.decompositions import inverse, scatter
 
 __all__ = ["decompose", "decomposition_table", "program_ops"]
 
@@ -23,6 +23,7 @@ def decomposition_table() -> dict[torch._ops.OpOverload, Callable]:
     """Every op dynexport decomposes, mapped to its decomposition (a fresh dict)."""
     table: dict[torch._ops.OpOverload, Callable] = {}
     table.update(inverse.table())
+    table.update(scatter.table())
     # dynexport's own custom ops must reach the backends intact for their translations.
     return {op: fn for op, fn in table.items() if op.namespace != "dynexport"}
 

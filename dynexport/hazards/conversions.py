@@ -36,13 +36,15 @@ class Conversion:
     location: SourceLocation
     from_data: bool  # the tensor depends on the model's inputs
     data_dependent_size: bool  # its size depends on input values (after a mask, nonzero, ...)
+    is_mask: bool = False  # a bool tensor: the length of a mask is not the number selected
 
 
 class _ConversionWatcher(TorchFunctionMode):
     def __init__(self, inputs: list[torch.Tensor]):
         super().__init__()
         self.from_data = WeakIdKeyDictionary()
-        self.dd_size = WeakIdKeyDictionary()
+        # tensor → the lengths among its dimensions that depend on input values
+        self.dd_lengths = WeakIdKeyDictionary()
         for tensor in inputs:
             self.from_data[tensor] = True
         self.seen: list[Conversion] = []
@@ -59,30 +61,33 @@ class _ConversionWatcher(TorchFunctionMode):
         if any(t in self.from_data for t in tensors):
             for out in outputs:
                 self.from_data[out] = True
-        if self._sizes_depend_on_data(name, tensors, args):
-            for out in outputs:
-                self.dd_size[out] = True
+        self._track_lengths(name, tensors, args, outputs)
         return result
 
-    def _sizes_depend_on_data(self, name: str, tensors: list, args: tuple) -> bool:
-        if any(t in self.dd_size for t in tensors):
-            return True
-        if name in _DATA_DEPENDENT_SIZE:
-            return True
-        if name == "where" and len(args) == 1:
-            return True
-        if name == "__getitem__" and len(args) > 1:
-            return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool
-                       for i in pytree.tree_leaves(args[1]))
-        return False
+    def _track_lengths(self, name: str, tensors: list, args: tuple, outputs: list) -> None:
+        """A data-dependent op's first output dimension depends on the data; other ops pass on
+        the dependent lengths their outputs still have (a sum or a fixed-size scatter does not)."""
+        creates = (name in _DATA_DEPENDENT_SIZE or (name == "where" and len(args) == 1)
+                   or (name == "__getitem__" and len(args) > 1 and any(
+                       isinstance(i, torch.Tensor) and i.dtype == torch.bool
+                       for i in pytree.tree_leaves(args[1]))))
+        inherited = set().union(*(self.dd_lengths.get(t, ()) for t in tensors))
+        for out in outputs:
+            lengths = {d for d in out.shape if d in inherited}
+            if creates and out.dim() > 0:
+                lengths.add(out.shape[0])
+            if lengths:
+                self.dd_lengths[out] = frozenset(lengths)
 
     def _record(self, kind: Kind, tensor: torch.Tensor) -> None:
-        dd_size = tensor in self.dd_size
-        if kind == "size" and not dd_size:
+        dd_size = tensor in self.dd_lengths
+        is_mask = tensor.dtype == torch.bool
+        if kind == "size" and not (dd_size or is_mask):
             return  # a static size is no hazard
         location = current_user_frame()
         if location is not None:
-            self.seen.append(Conversion(kind, location, tensor in self.from_data, dd_size))
+            self.seen.append(Conversion(kind, location, tensor in self.from_data, dd_size,
+                                        is_mask))
 
 
 def watch_conversions(call: Callable[[], Any], inputs: list[torch.Tensor]) -> list[Conversion]:

@@ -48,7 +48,17 @@ def from_conversion(conversion: Conversion, strict_captured: bool) -> Hazard | N
                             if strict_captured else ", so the graph stops here."),
             "Keep the computation in torch (e.g. `.to(torch.uint8)` instead of "
             "`.numpy().astype(np.uint8)`); return the tensor and convert after inference.")
-    if conversion.kind in ("bool", "size") or _is_branch(code):
+    if conversion.kind == "size" and not _is_branch(code):
+        return None  # a data-dependent size used as a value exports as a symbolic size
+    if conversion.kind == "size" and not conversion.data_dependent_size:
+        return _hazard(
+            "tensor_to_python", "warning", where,
+            "A branch reads the length of a boolean mask, which is the number of candidates, "
+            "not the number selected: it is the same for every input of this shape, so the "
+            "branch is decided once at export and the other side is dead code.",
+            "Drop the dead branch, or, if the intent was 'nothing selected', state the fact "
+            "with `torch._check(mask.any())` or handle it with `torch.where`.")
+    if conversion.kind == "bool" or _is_branch(code):
         if not conversion.from_data and not conversion.data_dependent_size:
             return _hazard(
                 "tensor_to_python", "warning", where,
