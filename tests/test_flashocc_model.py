@@ -4,6 +4,7 @@ the ranks helper against a per-point reference, and the legacy variant's seed li
 import math
 import re
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from flashocc import (  # noqa: E402
 from flashocc.cameras import camera_rig, probe_augmentation  # noqa: E402
 from flashocc.flops import count_flops  # noqa: E402
 from flashocc.legacy import FlashOccLegacy  # noqa: E402
+from flashocc.view_transformer import soft_cells, split_axis  # noqa: E402
 
 CAMERA_KEYS = ("sensor2ego", "ego2global", "intrinsics", "post_rots", "post_trans", "bda")
 
@@ -57,20 +59,39 @@ def test_outputs_are_uint8_labels_and_float32_logits(model, rig):
     assert torch.equal(out["occupancy"], out["logits"].argmax(-1).to(torch.uint8))
 
 
-def test_in_graph_and_precomputed_ranks_agree(model, rig):
+def test_in_graph_and_precomputed_ranks_agree(rig):
+    """Without a boundary band the in-graph ranks are FlashOcc's: the same output."""
+    hard = init_weights(FlashOcc(replace(TINY, boundary_band=0.0))).eval()
     with torch.no_grad():
-        graph = model(rig["images"], *_cameras(rig))
-        ranks = compute_ranks(TINY, *_cameras(rig))
-        precomputed = model.forward_precomputed(rig["images"], *ranks)
+        graph = hard(rig["images"], *_cameras(rig))
+        precomputed = hard.forward_precomputed(rig["images"],
+                                               *compute_ranks(TINY, *_cameras(rig)))
     assert torch.equal(graph["occupancy"], precomputed["occupancy"])
     torch.testing.assert_close(graph["logits"], precomputed["logits"], rtol=1e-5, atol=1e-5)
 
 
-def test_legacy_variant_computes_the_same_labels(model, rig):
+def test_boundary_band_splits_points_continuously():
+    # A point crossing the boundary between cells 4 and 5 (and one 0.5 cell deep inside).
+    c = torch.tensor([4.99, 4.9999, 5.0, 5.0001, 5.01, 5.5, -0.9999, -1.0, 199.9999])
+    own, neighbour, weight = split_axis(c, band=0.01)
+    assert own.tolist() == [4, 4, 5, 5, 5, 5, 0, -1, 199]
+    assert neighbour.tolist()[:5] == [5, 5, 4, 4, 4] and neighbour[6:].tolist() == [-1, 0, 200]
+    torch.testing.assert_close(weight, torch.tensor([1, 0.505, 0.5, 0.505, 1, 1, 0.505, 0.5,
+                                                     0.505]), rtol=0, atol=1e-3)
+    # Share of cell 5 on either side of the boundary: continuous.
+    share = torch.where(own == 5, weight, torch.where(neighbour == 5, 1 - weight, 0.0))
+    assert torch.all(torch.diff(share[:5]) >= 0) and torch.all(torch.diff(share[:5]) < 0.51)
+    coords, weights = soft_cells(torch.tensor([[4.9999, 10.5, 0.2]]), TINY.grid, band=0.05)
+    assert coords.shape == (1, 4, 3) and torch.allclose(weights.sum(-1), torch.ones(1))
+
+
+def test_legacy_variant_computes_flashocc_labels(rig):
+    """The seed's code and the rewrite with FlashOcc's hard cell assignment agree."""
     legacy = init_weights(FlashOccLegacy(TINY)).eval()
+    hard = init_weights(FlashOcc(replace(TINY, boundary_band=0.0))).eval()
     with torch.no_grad():
         labels = legacy(return_loss=False, img_inputs=[rig["images"], *_cameras(rig)])
-        expected = model(rig["images"], *_cameras(rig))["occupancy"]
+        expected = hard(rig["images"], *_cameras(rig))["occupancy"]
     assert isinstance(labels, list) and labels[0].dtype == np.uint8
     assert np.array_equal(labels[0], expected[0].numpy())
 

@@ -35,7 +35,7 @@ class FlashOcc(nn.Module):
                                   config.neck_channels)
         self.img_view_transformer = LSSViewTransformer(
             config.grid, config.input_size, config.downsample, config.neck_channels,
-            config.context_channels)
+            config.context_channels, config.boundary_band)
         bev = config.bev_channels
         self.img_bev_encoder_backbone = CustomResNet(
             config.context_channels * config.grid.size[2], bev, config.bev_blocks)

@@ -10,7 +10,11 @@ Which cell a point lands in depends on the cameras, so the number of points insi
 * in the graph (`forward`): static shapes. Points outside the grid go to a spare row of cells
   (y = Dy) that is cut off afterwards, and one zero-weight point per cell makes every cell
   occupied, so M = all frustum points + all cells and P = all cells, whatever the cameras.
-  The ranks are sorted and the intervals counted with fixed-size tensors only.
+  The ranks are sorted and the intervals counted with fixed-size tensors only. Which cell a
+  point falls in is a step function of float32 coordinates: runtimes that round differently
+  in the last bit (measured: up to 4e-5 cell) would move a point now and then to the next
+  cell. A boundary band (`soft_cells`, 1 mm by default) splits the points that close to a
+  boundary between both cells, which makes the pooling continuous in the coordinates.
 * precomputed (`forward_precomputed`): the ranks and intervals of the points inside the grid
   come in as inputs, computed outside the model by `flashocc.ranks.compute_ranks`, as in
   FlashOcc's TensorRT deployment.
@@ -74,12 +78,55 @@ def ego_points(frustum: Tensor, sensor2ego: Tensor, intrinsics: Tensor, post_rot
     return (bda.view(b, 1, 1, 1, 1, 3, 3) @ points.unsqueeze(-1)).squeeze(-1)
 
 
+def cell_coords(points: Tensor, grid: GridConfig) -> Tensor:
+    """(..., 3) continuous cell coordinates (x, y, z) of ego points, in cells."""
+    lower = points.new_tensor([grid.x[0], grid.y[0], grid.z[0]])
+    step = points.new_tensor([grid.x[2], grid.y[2], grid.z[2]])
+    return (points - lower) / step
+
+
 def voxel_coords(points: Tensor, grid: GridConfig) -> Tensor:
     """(..., 3) int64 cell indices (x, y, z). `.long()` truncates toward zero, as FlashOcc's
     does, so points up to one cell below the lower bound land in cell 0."""
-    lower = points.new_tensor([grid.x[0], grid.y[0], grid.z[0]])
-    step = points.new_tensor([grid.x[2], grid.y[2], grid.z[2]])
-    return ((points - lower) / step).long()
+    return cell_coords(points, grid).long()
+
+
+def split_axis(c: Tensor, band: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Soft cell assignment along one axis: (own cell, neighbour cell, own weight).
+
+    Cells follow FlashOcc's truncation: cell k >= 1 is [k, k+1), cell 0 is (-1, 1), cell
+    k <= -1 is (k-1, k]. A point within `band` cells of its cell's nearer boundary gives part
+    of its weight to the cell across that boundary: half at the boundary, falling linearly to
+    nothing at `band`. The split is continuous in c, so coordinates that differ in their last
+    bits (another runtime's rounding) give weights that differ in their last bits, instead of
+    a point that jumps a cell."""
+    own = c.long()
+    lower = torch.where(own >= 1, own, own - 1)
+    upper = torch.where(own >= 0, own + 1, own)
+    to_lower, to_upper = c - lower, upper - c
+    neighbour = torch.where(to_lower <= to_upper, own - 1, own + 1)
+    weight = 0.5 + 0.5 * torch.clamp(torch.minimum(to_lower, to_upper) / band, max=1.0)
+    return own, neighbour, weight
+
+
+def soft_cells(cells: Tensor, grid: GridConfig, band: float) -> tuple[Tensor, Tensor]:
+    """Each point's K cells and weights: (..., K, 3) int64 cell indices, (..., K) weights.
+
+    `band` (metres) 0: K = 1, FlashOcc's hard assignment. Otherwise K = 4, the bilinear
+    split of `split_axis` along x and y; along z (one layer, every neighbour outside the
+    grid) the layer keeps the share of whichever of the point's two z cells it is."""
+    if band == 0:
+        return cells.long().unsqueeze(-2), torch.ones_like(cells[..., :1])
+    if grid.size[2] != 1:
+        raise ValueError("a boundary band needs a single z layer (FlashOcc's collapse_z)")
+    steps = (grid.x[2], grid.y[2], grid.z[2])
+    (x0, x1, wx), (y0, y1, wy), (z0, z1, wz) = (
+        split_axis(cells[..., axis], band / steps[axis]) for axis in range(3))
+    wz = torch.where(z0 == 0, wz, 0.0) + torch.where(z1 == 0, 1.0 - wz, 0.0)
+    xs = torch.stack((x0, x0, x1, x1), dim=-1)
+    ys = torch.stack((y0, y1, y0, y1), dim=-1)
+    weights = torch.stack((wx * wy, wx * (1 - wy), (1 - wx) * wy, (1 - wx) * (1 - wy)), dim=-1)
+    return torch.stack((xs, ys, torch.zeros_like(xs)), dim=-1), weights * wz.unsqueeze(-1)
 
 
 def in_grid(coords: Tensor, grid: GridConfig) -> Tensor:
@@ -109,23 +156,30 @@ def frustum_indices(b: int, n: int, d: int, fh: int, fw: int, row: int,
 def static_pooling_indices(coords: Tensor, grid: GridConfig
                            ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """`bev_pool_v2`'s indices (ranks_depth, ranks_feat, ranks_bev, interval_starts,
-    interval_lengths), int64, with shapes that depend on no value, for (B, N, D, fH, fW, 3)
-    cell coordinates.
+    interval_lengths), int64, with shapes that depend on no value, for (B, N, D, fH, fW, K, 3)
+    cell coordinates: K cells per frustum point (`soft_cells`).
 
-    The cells are (B, Dz, Dy + 1, Dx): points outside the grid go to the spare row y = Dy.
-    One filler point per cell, reading depth and feat padded with a zero column (fW + 1
-    wide), occupies every cell, so there is one interval per cell: M = all frustum points +
-    all cells and P = all cells."""
-    b, n, d, fh, fw, _ = coords.shape
+    The weights go with depth laid out (B, N, D, fH, fW·K + 1) and feat (B, N, fH, fW·K + 1,
+    C), feat's first fW columns holding the features, the last column of both zero. The
+    cells are (B, Dz, Dy + 1, Dx): points outside the grid go to the spare row y = Dy. One
+    filler point per cell, reading the zero column, occupies every cell, so there is one
+    interval per cell: M = all point cells + all cells and P = all cells."""
+    b, n, d, fh, fw, k, _ = coords.shape
     dx, dy, dz = grid.size
     device = coords.device
+    coords = coords.flatten(4, 5)
+    row = fw * k + 1
     cells = b * dz * (dy + 1) * dx
     spare = cell_rank(coords.new_tensor([0, dy, 0]).expand_as(coords), dy + 1, grid)
     ranks = torch.where(in_grid(coords, grid), cell_rank(coords, dy + 1, grid), spare)
-    ranks_depth, ranks_feat = frustum_indices(b, n, d, fh, fw, fw + 1, device)
+    ranks_depth = torch.arange(b * n * d * fh * row, device=device).view(b, n, d, fh, row)
+    pixel_rows = torch.arange(b * n * fh, device=device).view(b, n, 1, fh, 1) * row
+    ranks_feat = pixel_rows + torch.arange(fw * k, device=device) // k
     ranks = torch.cat((ranks.flatten(), torch.arange(cells, device=device)))
-    ranks_depth = torch.cat((ranks_depth, torch.full((cells,), fw, device=device)))
-    ranks_feat = torch.cat((ranks_feat, torch.full((cells,), fw, device=device)))
+    ranks_depth = torch.cat((ranks_depth[..., :fw * k].flatten(),
+                             torch.full((cells,), row - 1, device=device)))
+    ranks_feat = torch.cat((ranks_feat.expand(b, n, d, fh, fw * k).flatten(),
+                            torch.full((cells,), row - 1, device=device)))
     # Sort by cell, ties by point index: unique keys make any sort stable (ONNX's TopK has no
     # stable flag, and torch.onnx cannot lower a stable sort).
     order = torch.argsort(ranks * ranks.numel() + torch.arange(ranks.numel(), device=device))
@@ -139,9 +193,10 @@ class LSSViewTransformer(nn.Module):
     """Depth net + lift + BEV pooling; returns (B, C·Dz, Dy, Dx) BEV features."""
 
     def __init__(self, grid: GridConfig, input_size: tuple[int, int], downsample: int,
-                 in_channels: int, out_channels: int):
+                 in_channels: int, out_channels: int, boundary_band: float = 0.0):
         super().__init__()
         self.grid = grid
+        self.boundary_band = boundary_band  # metres; see soft_cells
         self.out_channels = out_channels
         self.D = grid.depth_bins
         self.depth_net = nn.Conv2d(in_channels, self.D + out_channels, 1)
@@ -162,11 +217,13 @@ class LSSViewTransformer(nn.Module):
         """In-graph ranks with static shapes (see the module docstring)."""
         depth, feat = self.lift(x)
         points = ego_points(self.frustum, sensor2ego, intrinsics, post_rots, post_trans, bda)
+        coords, weights = soft_cells(cell_coords(points, self.grid), self.grid,
+                                     self.boundary_band)
+        # The layout static_pooling_indices reads: K weighted copies of each depth, zero-padded.
+        depth = F.pad((depth.unsqueeze(-1) * weights).flatten(-2), (0, 1))
+        feat = F.pad(feat, (0, 0, 0, depth.shape[-1] - feat.shape[-2]))
         ranks_depth, ranks_feat, ranks_bev, starts, lengths = static_pooling_indices(
-            voxel_coords(points, self.grid), self.grid)
-        # The zero column the filler points read (see static_pooling_indices).
-        depth = F.pad(depth, (0, 1))
-        feat = F.pad(feat, (0, 0, 0, 1))
+            coords, self.grid)
         dx, dy, dz = self.grid.size
         bev = bev_pool_v2(depth, feat, ranks_depth, ranks_feat, ranks_bev,
                           (depth.shape[0], dz, dy + 1, dx, self.out_channels), starts, lengths)
