@@ -8,11 +8,12 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from dynexport.capture import CaptureError
 from dynexport.coverage import coverage_table
 from dynexport.pipeline import TARGETS, Options, format_traceback, run, script_coverage
-from dynexport.script import ScriptError
+from dynexport.script import ScriptError, load_script
 
 EXIT_OK, EXIT_FAILED, EXIT_UNUSABLE = 0, 1, 2
 
@@ -40,20 +41,40 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--bench", action="store_true", help="also time eager and each runtime")
     parser.add_argument("--device", default="CPU", help="OpenVINO device (default CPU)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    parser.add_argument("script", help="SCRIPT.py defining get_model() and get_inputs(); or "
-                        "`ops SCRIPT.py` for the operator coverage table alone")
+    parser.add_argument("--mmdet3d", nargs=argparse.REMAINDER,
+                        help="CONFIG [--checkpoint PATH] [--input-size HxW] [--cfg-options "
+                        "KEY=VALUE ...]: export the detector of an mmdet3d config instead of a "
+                        "script (the last option; needs the mmdet3d extra, see README)")
+    parser.add_argument("script", nargs="?", help="SCRIPT.py defining get_model() and "
+                        "get_inputs(); or `ops SCRIPT.py` for the operator coverage table alone")
     parser.add_argument("script_args", nargs=argparse.REMAINDER,
                         help="passed to the script as sys.argv[1:]")
     return parser
 
 
-def _options(args: argparse.Namespace) -> Options:
+def _target(args: argparse.Namespace) -> tuple:
+    """What to load, its arguments and the loader: a SCRIPT.py, or an mmdet3d config."""
+    if args.mmdet3d is None:
+        if args.script is None:
+            raise UsageError("the script is missing. The usage is `python -m dynexport [options] "
+                             "SCRIPT.py [SCRIPT_ARGS...]`, or `--mmdet3d CONFIG` in place of "
+                             "the script for an mmdet3d config")
+        return args.script, args.script_args, load_script
+    if not args.mmdet3d:
+        raise UsageError("--mmdet3d needs the config: `python -m dynexport --mmdet3d CONFIG "
+                         "[--checkpoint PATH]`")
+    from dynexport.integrations.mmdet3d import load_config  # the extra is needed only here
+
+    return args.mmdet3d[0], args.mmdet3d[1:], load_config
+
+
+def _options(args: argparse.Namespace, target: str) -> Options:
     targets = tuple(t.strip() for t in args.to.split(",") if t.strip())
     unknown = [t for t in targets if t not in TARGETS]
     if unknown or not targets:
         raise UsageError(f"--to {args.to!r} names unknown targets {unknown or '(none)'}. Use a "
                          "comma-separated list among onnx,openvino, e.g. `--to onnx`.")
-    out = args.out or Path("dynexport_out") / Path(args.script).stem
+    out = args.out or Path("dynexport_out") / Path(target).stem
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is an existing file, not a folder. Name a folder (it is "
                          "created if missing) or remove the file.")
@@ -79,16 +100,19 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(argv)
         if args.script == "ops" and not Path("ops").is_file():
             return _ops(args, console)
-        options = _options(args)
+        target, target_args, loader = _target(args)
+        options = _options(args, target)
         from dynexport.console import StageProgress
 
         with StageProgress(console, debug=args.debug) as progress:
-            report = run(args.script, args.script_args, options, observer=progress)
+            report = run(target, target_args, options, observer=progress, loader=loader)
     except CaptureError as exc:
-        errors.print(f"[bold red]dynexport:[/] {exc}", highlight=False, soft_wrap=True)
+        errors.print(f"[bold red]dynexport:[/] {escape(str(exc))}", highlight=False,
+                     soft_wrap=True)
         return EXIT_FAILED
     except (UsageError, ScriptError) as exc:
-        errors.print(f"[bold red]dynexport:[/] {exc}", highlight=False, soft_wrap=True)
+        errors.print(f"[bold red]dynexport:[/] {escape(str(exc))}", highlight=False,
+                     soft_wrap=True)
         if debug:
             errors.print(format_traceback(exc), markup=False, highlight=False)
         return EXIT_UNUSABLE

@@ -133,6 +133,7 @@ def script_coverage(script_path: str | os.PathLike, script_args: list[str]) -> l
 
 def _run_stages(state: _Run, script: Script, options: Options) -> None:
     report, out = state.report, options.out_dir
+    report.hazards += script.hazards
     program = None
     eager = eager_call(script.model, script.method)
     with state.stage("capture"):

@@ -9,7 +9,7 @@ import importlib.util
 import os
 import sys
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch.utils import _pytree as pytree
 
+from dynexport.hazards.records import Hazard
 from dynexport.inputs import Inputs, InputStructureError, make_probe, normalize_inputs
 
 _SCRIPT_HELP = ("A dynexport script defines `get_model()` returning a torch.nn.Module and "
@@ -38,6 +39,9 @@ class Script:
     probe_is_generated: bool
     dynamic_shapes: Any = None
     method: str = "forward"
+    # Known when loading, before any stage runs: e.g. an integration's note that it left a
+    # model's post-processing out of the exported graph.
+    hazards: list[Hazard] = field(default_factory=list)
 
 
 def load_script(path: str | os.PathLike, argv: list[str] | None = None) -> Script:

@@ -1,5 +1,7 @@
 """Find the user's own line in a stack: frames inside torch, dynexport and site-packages are
-skipped, so a hazard points at the code the user can change."""
+skipped, so a hazard points at the code the user can change. A model that lives entirely in an
+installed package (an mmdet3d detector built from a config) has no such frame; its hazards
+point at the innermost frame of that package instead."""
 
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ import sys
 import sysconfig
 from collections.abc import Iterable
 
+import torch
+
 from dynexport.hazards.records import SourceLocation
 
 _LIBRARY_ROOTS = tuple(
@@ -18,6 +22,9 @@ _LIBRARY_ROOTS = tuple(
               sysconfig.get_paths()["stdlib"]}
 )
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+_SITE_PACKAGES = tuple(os.path.realpath(sysconfig.get_paths()[key]) for key in ("purelib",
+                                                                                 "platlib"))
+_NOT_MODEL_CODE = (_PACKAGE_ROOT, os.path.dirname(os.path.realpath(torch.__file__)))
 _FRAME_RE = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+)')
 
 
@@ -31,16 +38,30 @@ def is_user_file(path: str) -> bool:
     return not any(real.startswith(root + os.sep) for root in _LIBRARY_ROOTS)
 
 
+def is_model_library_file(path: str) -> bool:
+    """True for the source of an installed package (site-packages) other than torch and
+    dynexport: where a model that comes from a package (e.g. mmdet3d) has its lines."""
+    if not path or path.startswith("<"):
+        return False
+    real = os.path.realpath(path)
+    return (any(real.startswith(root + os.sep) for root in _SITE_PACKAGES)
+            and not any(real.startswith(root + os.sep) for root in _NOT_MODEL_CODE))
+
+
 def _location(file: str, line: int) -> SourceLocation:
     return SourceLocation(file=file, line=line, code=linecache.getline(file, line).strip())
 
 
 def innermost_user_frame(frames: Iterable[tuple[str, int]]) -> SourceLocation | None:
-    """The last (innermost) user frame of (file, line) pairs ordered outermost first."""
-    found = None
+    """The last (innermost) user frame of (file, line) pairs ordered outermost first; without
+    any, the innermost frame of an installed package other than torch."""
+    found = fallback = None
     for file, line in frames:
         if is_user_file(file):
             found = (file, line)
+        elif is_model_library_file(file):
+            fallback = (file, line)
+    found = found or fallback
     return _location(*found) if found else None
 
 
