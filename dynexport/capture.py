@@ -5,6 +5,7 @@ kept (with its error) so that later stages can explain why the stricter ones fai
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -58,16 +59,22 @@ class CaptureError(RuntimeError):
                          + "\n  ".join(lines))
 
 
-class MethodModule(torch.nn.Module):
-    """Exposes `model.<method>` as `forward`, for exporting a method other than forward."""
+def method_module(model: torch.nn.Module, method: str) -> torch.nn.Module:
+    """A module whose `forward` is `model.<method>`, with that method's signature, so that
+    torch.export binds arguments and `dynamic_shapes` to the method's own parameter names."""
+    function = getattr(type(model), method)
 
-    def __init__(self, model: torch.nn.Module, method: str):
-        super().__init__()
-        self.model = model
-        self.method = method
+    class MethodModule(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return getattr(self.model, self.method)(*args, **kwargs)
+        def forward(self, *args: Any, **kwargs: Any) -> Any:
+            return function(self.model, *args, **kwargs)
+
+    MethodModule.forward.__signature__ = inspect.signature(function)
+    MethodModule.__name__ = f"{type(model).__name__}.{method}"
+    return MethodModule()
 
 
 def capture(model: torch.nn.Module, inputs: Inputs, dynamic_shapes: Any = None,
@@ -76,7 +83,7 @@ def capture(model: torch.nn.Module, inputs: Inputs, dynamic_shapes: Any = None,
     """Export `model` on `inputs`, falling back strict → non-strict → draft.
 
     Raises CaptureError (holding every attempt) when all strategies fail."""
-    module = model if method == "forward" else MethodModule(model, method)
+    module = model if method == "forward" else method_module(model, method)
     result = Capture(program=None, strategy=None)
     for strategy in strategies:
         start = time.perf_counter()

@@ -89,6 +89,22 @@ def test_exports_a_named_method():
     assert torch.equal(result.program.module()(torch.ones(2)), torch.full((2,), 3.0))
 
 
+def test_named_method_with_dynamic_shapes():
+    class Deploy(torch.nn.Module):
+        def forward(self, x):
+            return x
+
+        def forward_trt(self, images, ranks):
+            return images.sum(0) + ranks.float().sum()
+
+    points = torch.export.Dim("points", min=2, max=1000)
+    result = capture(Deploy(), Inputs((torch.randn(3, 4), torch.arange(5))),
+                     dynamic_shapes=(None, {0: points}), method="forward_trt")
+    assert result.strategy == "strict"
+    out = result.program.module()(torch.randn(3, 4), torch.arange(9))
+    assert out.shape == (4,)
+
+
 def test_dynamic_shapes_are_honoured():
     batch = torch.export.Dim("batch", min=1, max=32)
     result = capture(Plain(), Inputs((torch.randn(4, 3),)), dynamic_shapes=({0: batch},))

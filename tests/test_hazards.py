@@ -239,3 +239,28 @@ def test_seed_patterns_rewrite_converts_cleanly(cli, tmp_path):
     assert code == 0
     report = read_report(tmp_path)
     assert report["hazards"] == [] and all(v["passed"] for v in report["verification"])
+
+
+def test_draft_failure_frames_resolve_through_torchs_intern_table():
+    """A draft report only names the files first interned during its own export; frames of
+    files interned earlier in the process resolve through torch's intern table, and a frame
+    that resolves nowhere is dropped rather than reported at a bogus file."""
+    from types import SimpleNamespace
+
+    from torch._logging import structured
+
+    from dynexport.hazards.collect import draft_filenames
+    from dynexport.hazards.rules import from_draft_failure
+
+    index = structured.intern_string(HERE)
+    report = SimpleNamespace(str_to_filename={})
+    frame = {"filename": index, "line": line_of("branch-on-data"), "name": "forward"}
+    failure = SimpleNamespace(failure_type=SimpleNamespace(name="DATA_DEPENDENT_ERROR"),
+                              data={"user_stack": [frame], "expr": "u0 > 0", "result": "True"})
+    hazard = from_draft_failure(failure, draft_filenames(report))
+    assert (hazard.file, hazard.line, hazard.category) == (
+        HERE, line_of("branch-on-data"), "data_dependent_branch")
+    lost = dict(frame, filename=10**9)
+    assert from_draft_failure(SimpleNamespace(failure_type=failure.failure_type,
+                                              data=dict(failure.data, user_stack=[lost])),
+                              {}) is None

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from torch._logging import structured
+
 from dynexport.capture import Capture
 from dynexport.hazards import rules
 from dynexport.hazards.conversions import watch_conversions
@@ -36,13 +38,27 @@ def find_hazards(eager: Callable[[Inputs], Any], inputs: list[Inputs], captured:
         found += filter(None, (rules.from_conversion(c, strict) for c in conversions))
     report = captured.draft_report
     if report is not None:
-        found += filter(None, (rules.from_draft_failure(f, report.str_to_filename)
-                               for f in report.failures))
+        # The eager watch knows whether a converted tensor came from the inputs; draft export
+        # only knows it could not guard, so its verdict yields where the watch saw the line.
+        watched = {(h.file, h.line) for h in found}
+        filenames = draft_filenames(report)
+        found += [h for h in (rules.from_draft_failure(f, filenames) for f in report.failures)
+                  if h is not None and not (h.category == "tensor_to_python"
+                                            and (h.file, h.line) in watched)]
     if captured.program is not None:
         found += filter(None, (rules.from_capture_failure(a.error, a.strategy)
                                for a in captured.attempts if a.error is not None))
     found += rules.from_outputs(outputs, model, method, strict)
     return merge(found)
+
+
+def draft_filenames(report: Any) -> dict[int, str]:
+    """File names by intern index for a draft report's frames. The report only holds the
+    names first interned during its own export; torch's process-wide intern table has those
+    of earlier exports (a second export in one process)."""
+    filenames = {index: name for name, index in structured.INTERN_TABLE.items()}
+    filenames.update(report.str_to_filename)
+    return filenames
 
 
 def merge(hazards: list[Hazard]) -> list[Hazard]:

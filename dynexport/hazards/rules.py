@@ -97,8 +97,9 @@ def from_draft_failure(failure: Any, filenames: dict[int, str]) -> Hazard | None
     """A failure torch's draft export recorded (data-dependent guard, constraint violation)."""
     kind = getattr(failure.failure_type, "name", str(failure.failure_type))
     data = failure.data if isinstance(failure.data, dict) else {}
-    frames = [(filenames.get(f.get("filename"), str(f.get("filename"))), f.get("line", 0))
-              for f in data.get("user_stack") or data.get("stack") or []]
+    frames = [(filenames[f["filename"]], f.get("line", 0))
+              for f in data.get("user_stack") or data.get("stack") or []
+              if f.get("filename") in filenames]
     where = innermost_user_frame(frames)
     detail = f"{kind}: {data.get('expr', '')} (draft export assumed {data.get('result', '?')})"
     if kind == "CONSTRAINT_VIOLATION_ERROR":
@@ -137,8 +138,8 @@ def from_capture_failure(error: BaseException, strategy: str) -> Hazard | None:
             "Make the code size-agnostic (no comparison of a dynamic size with a constant, no "
             "Python int of a shape), or declare the dimension static or `Dim.AUTO`.",
             detail=text[:2000])
-    if strategy != "strict":
-        return None
+    if strategy != "strict" or "data-dependent" in text:
+        return None  # data dependence is reported at its cause by the eager watch and draft
     reason = next((line.strip() for line in text.splitlines() if line.strip()),
                   type(error).__name__)
     return _hazard(
