@@ -47,7 +47,7 @@ _HEADS = ("bbox_head", "pts_bbox_head")
 
 # --- the detector as a tensor-in / tensor-out module -----------------------------------------
 
-class _PostProcessingReached(Exception):  # noqa: N818 (control flow, not an error)
+class _PostProcessingReached(Exception):
     """Raised by the cut in place of the head's post-processing; args[0] holds the tensors
     handed to it. (No __init__ of its own: dynamo cannot trace `super().__init__` of an
     exception, and strict capture would fail.)"""
