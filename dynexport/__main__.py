@@ -13,7 +13,9 @@ from rich.markup import escape
 from dynexport.capture import CaptureError
 from dynexport.coverage import coverage_table
 from dynexport.pipeline import TARGETS, Options, format_traceback, run, script_coverage
+from dynexport.precision import PRECISIONS
 from dynexport.script import ScriptError, load_script
+from dynexport.serving import LAYOUTS
 
 EXIT_OK, EXIT_FAILED, EXIT_UNUSABLE = 0, 1, 2
 
@@ -40,6 +42,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-verify", action="store_true", help="skip verification")
     parser.add_argument("--bench", action="store_true", help="also time eager and each runtime")
     parser.add_argument("--device", default="CPU", help="OpenVINO device (default CPU)")
+    parser.add_argument("--precision", default="f32", choices=PRECISIONS,
+                        help="OpenVINO precision to ship, timed and compared with f32 "
+                        "(verification stays f32): bf16 hint, int8 (NNCF), fp16-weights")
+    parser.add_argument("--layout", default="",
+                        help="serving repositories to write, among ovms,triton")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--mmdet3d", nargs=argparse.REMAINDER,
                         help="CONFIG [--checkpoint PATH] [--input-size HxW] [--cfg-options "
@@ -78,8 +85,12 @@ def _options(args: argparse.Namespace, target: str) -> Options:
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is an existing file, not a folder. Name a folder (it is "
                          "created if missing) or remove the file.")
+    layouts = tuple(dict.fromkeys(x.strip() for x in args.layout.split(",") if x.strip()))
+    if any(layout not in LAYOUTS for layout in layouts):
+        raise UsageError(f"--layout {args.layout!r} names an unknown layout. Use a "
+                         "comma-separated list among ovms,triton, e.g. `--layout ovms`.")
     return Options(out_dir=out, targets=targets, verify=not args.no_verify, bench=args.bench,
-                   device=args.device)
+                   device=args.device, precision=args.precision, layouts=layouts)
 
 
 def _ops(args: argparse.Namespace, console: Console) -> int:

@@ -1,5 +1,6 @@
-"""Runs the stages in order — load, capture, decompose, onnx, openvino, verify, benchmark —
-times each, keeps the artifacts of those that succeeded, and always writes the report."""
+"""Runs the stages in order — load, capture, decompose, onnx, openvino, verify, precision,
+serving, benchmark — times each, keeps the artifacts of those that succeeded, and always writes
+the report."""
 
 from __future__ import annotations
 
@@ -29,10 +30,13 @@ from dynexport.coverage import (
 from dynexport.decompositions import decompose
 from dynexport.hazards.baked_constant import baked_constant_hazards
 from dynexport.hazards.collect import find_hazards
+from dynexport.inputs import Inputs, flatten_outputs
+from dynexport.precision import Precision, apply_precision
 from dynexport.quiet import quiet_torch
 from dynexport.report import Report, StageRecord
-from dynexport.runtimes import OnnxRuntimeRunner, OpenVINORunner, Runner
+from dynexport.runtimes import DEFAULT_OPENVINO_CONFIG, OnnxRuntimeRunner, OpenVINORunner, Runner
 from dynexport.script import Script, ScriptError, load_script
+from dynexport.serving import Layout, ServingRecord, model_name, write_ovms, write_triton
 from dynexport.verify import verify
 
 TARGETS = ("onnx", "openvino")
@@ -48,6 +52,8 @@ class Options:
     bench: bool = False
     device: str = "CPU"
     openvino_config: dict[str, Any] | None = None  # None: f32 pinned (runtimes.py)
+    precision: Precision = "f32"  # f32: verification's model is the one that ships
+    layouts: tuple[Layout, ...] = ()  # serving repositories to write
 
 
 class StageObserver(Protocol):
@@ -100,6 +106,19 @@ def eager_call(model: torch.nn.Module, method: str = "forward"):
     return lambda inputs: function(*inputs.args, **inputs.kwargs)
 
 
+def remembered(call: Callable[[Inputs], Any]) -> Callable[[Inputs], Any]:
+    """`call` run once per Inputs object: the hazard pass's watched eager run and verification
+    share one eager run per input (a FlashOcc M0 frame is ~4 s of eager time). Not for timing."""
+    results: dict[int, tuple[Inputs, Any]] = {}
+
+    def run(inputs: Inputs) -> Any:
+        if id(inputs) not in results:
+            results[id(inputs)] = (inputs, call(inputs))  # the Inputs kept: ids stay unique
+        return results[id(inputs)][1]
+
+    return run
+
+
 ScriptLoader = Callable[[str | os.PathLike, list[str]], Script]
 
 
@@ -136,6 +155,7 @@ def _run_stages(state: _Run, script: Script, options: Options) -> None:
     report.hazards += script.hazards
     program = None
     eager = eager_call(script.model, script.method)
+    reference = remembered(eager)
     with state.stage("capture"):
         try:
             captured = capture(script.model, script.example, script.dynamic_shapes, script.method)
@@ -144,7 +164,7 @@ def _run_stages(state: _Run, script: Script, options: Options) -> None:
             raise StageFailed(str(exc)) from exc
         finally:
             report.capture_strategy = captured.strategy
-            report.hazards += find_hazards(eager, [script.example, script.probe], captured,
+            report.hazards += find_hazards(reference, [script.example, script.probe], captured,
                                            script.model, script.method)
     if report.capture_strategy is None:
         for name in ("decompose", *options.targets, "verify"):
@@ -175,16 +195,67 @@ def _run_stages(state: _Run, script: Script, options: Options) -> None:
     if options.verify:
         with state.stage("verify"):
             runners = _runners(state.artifacts, options)
-            report.verification = verify(eager, runners,
+            report.verification = verify(reference, runners,
                                          {"example": script.example, "probe": script.probe})
             report.hazards += baked_constant_hazards(report.verification, script.model,
                                                      script.method)
     else:
         state.skip("verify", "--no-verify")
+    variants = _precision_stage(state, script, options, reference)
+    if options.layouts:
+        with state.stage("serving") as record:
+            report.serving = _serving(state, script, options)
+            record.artifact = report.serving[0].repository if report.serving else None
     if options.bench:
         with state.stage("benchmark"):
-            report.benchmark = benchmark(eager, runners or _runners(state.artifacts, options),
-                                         script.example)
+            report.benchmark = benchmark(
+                eager, (runners or _runners(state.artifacts, options)) + variants, script.example)
+
+
+def _precision_stage(state: _Run, script: Script, options: Options,
+                     reference: Callable[[Inputs], Any]) -> list[Runner]:
+    """--precision other than f32: the reduced-precision OpenVINO model, timed and compared
+    with f32 (verification stays on f32). Returns its runner for the benchmark stage."""
+    if options.precision == "f32":
+        return []
+    if "openvino" not in state.artifacts:
+        state.skip("precision", f"--precision {options.precision} needs the openvino target")
+        return []
+    with state.stage("precision") as record:
+        calibration = script.calibration() if script.calibration else [script.example,
+                                                                      script.probe]
+        names = [name for name, _ in flatten_outputs(reference(script.example))]
+        result, runner = apply_precision(
+            options.precision, state.artifacts["openvino"], options.out_dir,
+            {"example": script.example, "probe": script.probe}, calibration, names,
+            options.device)
+        state.report.precision = result
+        record.artifact = result.artifact
+        if result.artifact:
+            state.artifacts["openvino_variant"] = Path(result.artifact)
+        return [runner]
+    return []  # the stage failed; its record says why
+
+
+def _serving(state: _Run, script: Script, options: Options) -> list[ServingRecord]:
+    """The --layout repositories, from the artifacts that verification (and --precision)
+    measured: OVMS gets the --precision IR and its compile config."""
+    name = model_name(Path(script.path).stem)
+    written = []
+    for layout in options.layouts:
+        needed = "openvino" if layout == "ovms" else "onnx"
+        if needed not in state.artifacts:
+            raise StageFailed(f"--layout {layout} needs the {needed} target (--to {needed})")
+        if layout == "ovms":
+            precision = state.report.precision
+            xml = state.artifacts.get("openvino_variant", state.artifacts["openvino"])
+            config = precision.openvino_config if precision else (
+                options.openvino_config or DEFAULT_OPENVINO_CONFIG)
+            written.append(write_ovms(xml, options.out_dir / "ovms", name, config))
+        else:
+            written.append(write_triton(state.artifacts["onnx"], options.out_dir / "triton",
+                                        name))
+    return written
 
 
 @contextmanager

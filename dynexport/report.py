@@ -19,10 +19,13 @@ from rich.text import Text
 
 from dynexport.benchmark import BenchmarkRecord
 from dynexport.hazards import Hazard, UnsupportedOp
+from dynexport.precision import PrecisionResult
+from dynexport.serving import ServingRecord
 from dynexport.verify import Verification
 
 SCHEMA = "dynexport.report/1"
-StageName = Literal["load", "capture", "decompose", "onnx", "openvino", "verify", "benchmark"]
+StageName = Literal["load", "capture", "decompose", "onnx", "openvino", "verify", "precision",
+                    "serving", "benchmark"]
 StageStatus = Literal["ok", "failed", "skipped"]
 _VERSIONED = ("dynexport", "torch", "onnx", "onnxruntime", "openvino")
 
@@ -57,6 +60,8 @@ class Report:
     unsupported_ops: list[UnsupportedOp] = field(default_factory=list)
     verification: list[Verification] = field(default_factory=list)
     benchmark: list[BenchmarkRecord] = field(default_factory=list)
+    precision: PrecisionResult | None = None  # --precision other than f32
+    serving: list[ServingRecord] = field(default_factory=list)  # --layout
     versions: dict[str, str | None] = field(default_factory=installed_versions)
 
     @property
@@ -74,7 +79,7 @@ class Report:
 
     # --- renderings -------------------------------------------------------------------------
     def to_json(self) -> dict:
-        return {
+        data = {
             "schema": SCHEMA,
             "script": self.script,
             "ok": self.ok,
@@ -84,8 +89,14 @@ class Report:
             "hazards": [hazard.to_json() for hazard in self.sorted_hazards()],
             "unsupported_ops": [op.to_json() for op in self.unsupported_ops],
             "verification": [_finite(record.to_json()) for record in self.verification],
-            "benchmark": [asdict(record) for record in self.benchmark],
+            "benchmark": [record.to_json() for record in self.benchmark],
         }
+        # Optional keys (contract §3): present only when --precision / --layout asked for them.
+        if self.precision is not None:
+            data["precision"] = _finite(self.precision.to_json())
+        if self.serving:
+            data["serving"] = [record.to_json() for record in self.serving]
+        return data
 
     def write(self, directory: str | os.PathLike) -> tuple[Path, Path]:
         """Write report.json and report.md into `directory`."""
@@ -132,9 +143,26 @@ class Report:
                       + (f" {_md_cell(v.error)}" if v.error else "")
                       for v in self.verification]
             lines.append("")
+        if self.precision is not None:
+            p = self.precision
+            lines += [f"## Precision {p.precision} against f32", "",
+                      f"OpenVINO computes in {p.inference_precision}: {p.median_ms:.2f} ms "
+                      f"against {p.f32_median_ms:.2f} ms at f32 ({p.speedup:.2f}× faster)"
+                      + (f"; calibrated on {p.calibration_samples} inputs"
+                         if p.calibration_samples else "") + ".", "",
+                      "| inputs | output | max abs diff | label agreement |", "|---|---|---|---|"]
+            lines += [f"| {c.inputs} | {c.output} | {c.max_abs_diff:.3g} | "
+                      f"{_percent(c.label_agreement)} |" for c in p.comparisons]
+            lines.append("")
+        if self.serving:
+            lines += ["## Serving", "", "| layout | repository | model |", "|---|---|---|"]
+            lines += [f"| {s.layout} | {s.repository} | {s.model} |" for s in self.serving]
+            lines.append("")
         if self.benchmark:
-            lines += ["## Benchmark", "", "| runtime | median ms | runs |", "|---|---|---|"]
-            lines += [f"| {b.runtime} | {b.median_ms:.2f} | {b.runs} |" for b in self.benchmark]
+            lines += ["## Benchmark", "", "| runtime | precision | median ms | min ms | max ms | "
+                      "runs |", "|---|---|---|---|---|---|"]
+            lines += [f"| {b.runtime} | {b.precision or ''} | {b.median_ms:.2f} | "
+                      f"{_ms(b.min_ms)} | {_ms(b.max_ms)} | {b.runs} |" for b in self.benchmark]
             lines.append("")
         lines += ["## Versions", "", ", ".join(f"{k} {v}" for k, v in self.versions.items()), ""]
         return "\n".join(lines)
@@ -178,12 +206,31 @@ class Report:
                               Text("yes", style="green") if v.passed else
                               Text("NO" + (f" ({v.error})" if v.error else ""), style="red"))
             parts.append(table)
+        if self.precision is not None:
+            p = self.precision
+            table = Table(title=f"Precision {p.precision} against f32: {p.speedup:.2f}× faster "
+                          f"({p.median_ms:.1f} ms vs {p.f32_median_ms:.1f} ms, computes in "
+                          f"{p.inference_precision})", title_justify="left")
+            for column in ("inputs", "output", "max abs diff", "label agreement"):
+                table.add_column(column)
+            for c in p.comparisons:
+                table.add_row(c.inputs, c.output, f"{c.max_abs_diff:.3g}",
+                              _percent(c.label_agreement))
+            parts.append(table)
+        if self.serving:
+            table = Table(title="Serving", title_justify="left")
+            for column in ("layout", "repository", "model"):
+                table.add_column(column)
+            for s in self.serving:
+                table.add_row(s.layout, s.repository, s.model)
+            parts.append(table)
         if self.benchmark:
             table = Table(title="Benchmark", title_justify="left")
-            for column in ("runtime", "median ms", "runs"):
+            for column in ("runtime", "precision", "median ms", "min ms", "max ms", "runs"):
                 table.add_column(column)
             for b in self.benchmark:
-                table.add_row(b.runtime, f"{b.median_ms:.2f}", str(b.runs))
+                table.add_row(b.runtime, b.precision or "", f"{b.median_ms:.2f}", _ms(b.min_ms),
+                              _ms(b.max_ms), str(b.runs))
             parts.append(table)
         return Group(*parts)
 
@@ -232,6 +279,14 @@ def _where(file: str | None, line: int | None, short: bool = False) -> str:
         return ""
     name = Path(file).name if short else file
     return f"{name}:{line}" if line else name
+
+
+def _percent(value: float | None) -> str:
+    return "" if value is None else f"{100 * value:.2f} %"
+
+
+def _ms(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
 
 
 def _md_cell(text: str | None) -> str:

@@ -60,9 +60,11 @@ class OpenVINORunner:
         core = ov.Core()
         model = (core.read_model(str(model_or_path))
                  if isinstance(model_or_path, (str, Path)) else model_or_path)
-        self.compiled = core.compile_model(model, device,
-                                           DEFAULT_OPENVINO_CONFIG if config is None else config)
+        config = DEFAULT_OPENVINO_CONFIG if config is None else config
+        self.compiled = core.compile_model(model, device, config)
         self.request = self.compiled.create_infer_request()
+        # What benchmark records say it computes in; the precision stage names its variants.
+        self.precision: str = str(config.get("INFERENCE_PRECISION_HINT", "default"))
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         _check_count(self.name, len(self.compiled.inputs), len(inputs))

@@ -9,6 +9,7 @@ import importlib.util
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -39,6 +40,8 @@ class Script:
     probe_is_generated: bool
     dynamic_shapes: Any = None
     method: str = "forward"
+    # get_calibration_inputs (optional), called only by --precision int8.
+    calibration: Callable[[], list[Inputs]] | None = None
     # Known when loading, before any stage runs: e.g. an integration's note that it left a
     # model's post-processing out of the exported graph.
     hazards: list[Hazard] = field(default_factory=list)
@@ -77,9 +80,13 @@ def _load(path: Path) -> Script:
     probe = _inputs(module, "get_probe_inputs", path) if has_probe else make_probe(example)
     if has_probe:
         _check_same_structure(example, probe, path)
+    calibration = None
+    if getattr(module, "get_calibration_inputs", None) is not None:
+        calibration = lambda: _calibration_inputs(module, path, example)  # noqa: E731
     return Script(path=path, model=model, example=example, probe=probe,
                   probe_is_generated=not has_probe,
-                  dynamic_shapes=getattr(module, "dynamic_shapes", None), method=method)
+                  dynamic_shapes=getattr(module, "dynamic_shapes", None), method=method,
+                  calibration=calibration)
 
 
 def _import(path: Path) -> ModuleType:
@@ -132,13 +139,35 @@ def _inputs(module: ModuleType, name: str, path: Path) -> Inputs:
         raise ScriptError(str(exc)) from exc
 
 
-def _check_same_structure(example: Inputs, probe: Inputs, path: Path) -> None:
+def _check_same_structure(example: Inputs, probe: Inputs, path: Path,
+                          name: str = "get_probe_inputs()") -> None:
     spec_example = pytree.tree_structure((example.args, example.kwargs))
     spec_probe = pytree.tree_structure((probe.args, probe.kwargs))
     if spec_example != spec_probe:
-        raise ScriptError(f"get_probe_inputs() in {path} returns a different structure from "
-                          "get_inputs(). The probe must have the same arguments, with other "
+        raise ScriptError(f"{name} in {path} returns a different structure from "
+                          "get_inputs(). It must have the same arguments, with other "
                           "values (and, where shapes are dynamic, other sizes).")
+
+
+def _calibration_inputs(module: ModuleType, path: Path, example: Inputs) -> list[Inputs]:
+    """get_calibration_inputs(): an iterable of inputs, each structured as get_inputs()'s."""
+    values = _call(module, "get_calibration_inputs", path)
+    try:
+        samples = list(values)
+    except TypeError:
+        samples = None
+    if not samples:
+        raise ScriptError(f"get_calibration_inputs() in {path} returned "
+                          f"{type(values).__name__}, not a non-empty list of inputs. Return "
+                          "e.g. `[get_inputs() for _ in range(10)]` with other values each.")
+    name = "an item of get_calibration_inputs()"
+    try:
+        inputs = [normalize_inputs(sample, source=f"{name} in {path}") for sample in samples]
+    except InputStructureError as exc:
+        raise ScriptError(str(exc)) from exc
+    for item in inputs:
+        _check_same_structure(example, item, path, name)
+    return inputs
 
 
 def _summary(exc: BaseException) -> str:

@@ -85,3 +85,10 @@ def get_inputs():
 def get_probe_inputs():
     """Another car pose, other images, another image and BEV augmentation: M changes."""
     return _inputs(camera_rig(CONFIG, seed=2, augmentation=probe_augmentation(CONFIG)))
+
+
+def get_calibration_inputs():
+    """For `--precision int8` (NNCF's calibration): eight more rigs, other car poses and
+    images, every other one with the probe's kind of augmentation."""
+    return [_inputs(camera_rig(CONFIG, seed=10 + i, **(
+        {"augmentation": probe_augmentation(CONFIG)} if i % 2 else {}))) for i in range(8)]

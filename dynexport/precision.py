@@ -1,0 +1,304 @@
+"""Precision stage (`--precision`): the OpenVINO model at a lower precision, compared with the
+f32 model that verification pinned.
+
+* `f32`: nothing to do; what verification checked is what ships.
+* `bf16`: the same IR compiled with OpenVINO's `INFERENCE_PRECISION_HINT=bf16` (the CPU
+  plugin's own default where the CPU has avx512_bf16 or AMX; elsewhere it falls back to f32,
+  and `inference_precision` says so).
+* `int8`: NNCF post-training quantisation of the IR (`nncf.quantize` on calibration inputs),
+  written to `openvino_int8/model.xml`; the layers left in floating point run at f32.
+* `fp16-weights`: the IR with its weights stored as f16 (`compress_to_fp16=True`), written to
+  `openvino_fp16/model.xml`, computed at f32.
+
+Each is timed against the f32 model and compared with it on the example and the probe: the
+largest absolute difference per output and, for labels, the share that agree.
+
+Index math: values that become integers inside the graph (FlashOcc's voxel coordinates, a
+pivot search) must not be rounded: at 8 bits a point 40 m out moves by a BEV cell or more.
+int8 quantisation skips those layers (`index_math_layers`). The bf16 hint cannot be told to:
+OpenVINO's CPU plugin drops the `DisablePrecisionConversion` marks that would keep them f32
+when its own passes rebuild the nodes (measured on FlashOcc M0 with in-graph ranks: 16 % of
+the voxel coordinates still move), so such models keep their index math outside the graph
+(FlashOcc's `--ranks precomputed`) to run in bf16; see docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import math
+import os
+import statistics
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from dynexport.benchmark import timings
+from dynexport.inputs import Inputs
+from dynexport.runtimes import DEFAULT_OPENVINO_CONFIG, OpenVINORunner, to_numpy
+
+Precision = Literal["f32", "bf16", "int8", "fp16-weights"]
+PRECISIONS: tuple[Precision, ...] = ("f32", "bf16", "int8", "fp16-weights")
+
+
+class PrecisionError(RuntimeError):
+    """A precision cannot be produced here (e.g. NNCF missing); the message says what to do."""
+
+
+# --- index math in the IR ------------------------------------------------------------------------
+
+_FLOAT = {"FP32", "FP16", "BF16", "FP64"}
+# Learned layers: the bulk of the arithmetic, which reduced precision is meant for. The walk
+# from an index stops there; their inputs are features, not coordinates.
+_LEARNED = {"Convolution", "GroupConvolution", "ConvolutionBackpropData",
+            "GroupConvolutionBackpropData"}
+# Integer results that only pass through these on their way to a Result are labels (an
+# argmax output), not indices.
+_PASS_THROUGH = {"Convert", "Squeeze", "Unsqueeze", "Reshape", "Transpose"}
+
+
+@dataclass
+class _Layer:
+    type: str
+    name: str
+    inputs: dict[str, str]  # port id → precision
+    outputs: dict[str, str]
+
+
+class _IR:
+    """model.xml as a graph of layers and port-to-port edges."""
+
+    def __init__(self, xml: Path):
+        root = ET.parse(xml).getroot()
+        self.layers: dict[str, _Layer] = {}
+        for element in root.iter("layer"):
+            ports = {}
+            for kind in ("input", "output"):
+                block = element.find(kind)
+                ports[kind] = {} if block is None else {
+                    port.get("id"): port.get("precision", "") for port in block.findall("port")}
+            self.layers[element.get("id")] = _Layer(element.get("type"), element.get("name"),
+                                                    ports["input"], ports["output"])
+        self.producer: dict[tuple[str, str], tuple[str, str]] = {}
+        self.consumers: dict[tuple[str, str], list[tuple[str, str]]] = {}
+        for edge in root.iter("edge"):
+            source = (edge.get("from-layer"), edge.get("from-port"))
+            target = (edge.get("to-layer"), edge.get("to-port"))
+            self.producer[target] = source
+            self.consumers.setdefault(source, []).append(target)
+
+    def is_weight(self, layer_id: str, port: str) -> bool:
+        """Whether an input is a constant, possibly decompressed or fake-quantized."""
+        source = self.producer.get((layer_id, port))
+        while source is not None:
+            layer = self.layers[source[0]]
+            if layer.type == "Const":
+                return True
+            if layer.type not in ("Convert", "FakeQuantize"):
+                return False
+            source = self.producer.get((source[0], next(iter(layer.inputs))))
+        return False
+
+    def is_learned(self, layer_id: str) -> bool:
+        layer = self.layers[layer_id]
+        return layer.type in _LEARNED or (layer.type == "MatMul" and self.is_weight(layer_id, "1"))
+
+    def used_as_integer(self, layer_id: str, port: str) -> bool:
+        """Whether an integer output feeds anything but a Result (through pass-through ops)."""
+        pending, seen = [(layer_id, port)], set()
+        while pending:
+            source = pending.pop()
+            for target_layer, _ in self.consumers.get(source, []):
+                layer = self.layers[target_layer]
+                if layer.type == "Result" or target_layer in seen:
+                    continue
+                if layer.type not in _PASS_THROUGH or any(
+                        p in _FLOAT for p in layer.outputs.values()):
+                    return True
+                seen.add(target_layer)
+                pending += [(target_layer, p) for p in layer.outputs]
+        return False
+
+    def index_math(self) -> list[str]:
+        """Ids of the float layers whose results become integers used inside the graph."""
+        boundaries = [
+            layer_id for layer_id, layer in self.layers.items()
+            if layer.type not in ("Const", "Parameter", "ShapeOf")
+            and any(p in _FLOAT for p in layer.inputs.values())
+            and any(p not in _FLOAT and p != "BOOL" and self.used_as_integer(layer_id, port)
+                    for port, p in layer.outputs.items())]
+        found: dict[str, None] = {}
+        pending = list(boundaries)
+        while pending:
+            layer_id = pending.pop()
+            if layer_id in found:
+                continue
+            found[layer_id] = None
+            for port, precision in self.layers[layer_id].inputs.items():
+                source = self.producer.get((layer_id, port))
+                if precision not in _FLOAT or source is None:
+                    continue
+                producer = self.layers[source[0]]
+                if producer.type == "Parameter" or self.is_learned(source[0]):
+                    continue
+                if producer.type != "Const":
+                    pending.append(source[0])
+        return list(found)
+
+
+def index_math_layers(xml: str | os.PathLike) -> list[str]:
+    """Names of the layers of `xml` that compute values later used as integers (indices,
+    sizes) inside the graph: floating-point layers upstream of a float → integer step whose
+    result is not only a model output (labels are), stopping at learned layers
+    (convolutions, matrix products with constant weights) and at inputs."""
+    ir = _IR(Path(xml))
+    return [ir.layers[i].name for i in ir.index_math()]
+
+
+# --- the precision stage -------------------------------------------------------------------------
+
+@dataclass
+class Comparison:
+    """One output of the reduced-precision model against the f32 model on one input."""
+
+    inputs: str
+    output: str
+    max_abs_diff: float
+    label_agreement: float | None  # labels (integers) or argmax over the last axis; else None
+
+
+@dataclass
+class PrecisionResult:
+    """What `--precision` produced and how it compares with f32."""
+
+    precision: Precision
+    artifact: str | None  # the IR written (int8, fp16-weights); None: the f32 IR with a hint
+    openvino_config: dict[str, str]  # compile_model config it was measured with
+    inference_precision: str  # what the compiled model reports (bf16 falls back on old CPUs)
+    f32_median_ms: float
+    median_ms: float
+    speedup: float
+    runs: int
+    calibration_samples: int | None = None  # int8
+    not_quantized: list[str] | None = None  # int8: the index math, left in f32
+    comparisons: list[Comparison] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["not_quantized"] = None if self.not_quantized is None else len(self.not_quantized)
+        for comparison in data["comparisons"]:  # JSON has no infinity (a NaN output)
+            if not math.isfinite(comparison["max_abs_diff"]):
+                comparison["max_abs_diff"] = None
+        return data
+
+    @property
+    def min_label_agreement(self) -> float | None:
+        values = [c.label_agreement for c in self.comparisons if c.label_agreement is not None]
+        return min(values) if values else None
+
+
+def apply_precision(precision: Precision, f32_xml: str | os.PathLike, out_dir: str | os.PathLike,
+                    inputs: dict[str, Inputs], calibration: Sequence[Inputs],
+                    output_names: Sequence[str] | None = None, device: str = "CPU",
+                    runs: int = 5) -> tuple[PrecisionResult, OpenVINORunner]:
+    """Produce `precision` from the f32 IR, time it and compare it with f32 on `inputs`.
+    `calibration` feeds int8 quantisation. Returns the result and the runner (for --bench)."""
+    if precision == "f32":
+        raise ValueError("f32 is what verification pins; there is nothing to convert")
+    f32_xml, out_dir = Path(f32_xml), Path(out_dir)
+    artifact: Path | None = None
+    config = dict(DEFAULT_OPENVINO_CONFIG)
+    samples, ignored = None, None
+    if precision == "bf16":
+        config["INFERENCE_PRECISION_HINT"] = "bf16"
+    elif precision == "fp16-weights":
+        artifact = _compress_weights(f32_xml, out_dir / "openvino_fp16" / "model.xml")
+    else:
+        samples, ignored = len(calibration), index_math_layers(f32_xml)
+        artifact = _quantize(f32_xml, out_dir / "openvino_int8" / "model.xml", calibration,
+                             ignored)
+    reference = OpenVINORunner(f32_xml, device)
+    runner = OpenVINORunner(artifact or f32_xml, device, config)
+    runner.precision = precision
+    comparisons = []
+    for kind, values in inputs.items():
+        feeds = to_numpy(values.tensors())
+        expected, actual = reference.run(feeds), runner.run(feeds)
+        names = output_names or [str(i) for i in range(len(expected))]
+        comparisons += [_compare(kind, name, a, b)
+                        for name, a, b in zip(names, expected, actual, strict=True)]
+    feeds = to_numpy(next(iter(inputs.values())).tensors())
+    f32_ms = statistics.median(timings(lambda: reference.run(feeds), runs))
+    variant_ms = statistics.median(timings(lambda: runner.run(feeds), runs))
+    inference_precision = str(runner.compiled.get_property("INFERENCE_PRECISION_HINT"))
+    result = PrecisionResult(
+        precision=precision, artifact=str(artifact) if artifact else None,
+        openvino_config=config, inference_precision=_type_name(inference_precision),
+        f32_median_ms=round(f32_ms, 3), median_ms=round(variant_ms, 3),
+        speedup=round(f32_ms / variant_ms, 3), runs=runs, calibration_samples=samples,
+        not_quantized=ignored, comparisons=comparisons)
+    return result, runner
+
+
+def _compare(kind: str, name: str, expected: np.ndarray, actual: np.ndarray) -> Comparison:
+    expected, actual = np.asarray(expected), np.asarray(actual)
+    diff = np.abs(expected.astype(np.float64) - actual.astype(np.float64))
+    agreement = None
+    if expected.dtype.kind in "biu":
+        agreement = float((expected == actual).mean()) if expected.size else 1.0
+    elif expected.ndim >= 2 and expected.shape[-1] > 1:
+        agreement = float((expected.argmax(-1) == actual.argmax(-1)).mean())
+    return Comparison(kind, name, float(np.nan_to_num(diff, nan=np.inf).max(initial=0.0)),
+                      agreement)
+
+
+def _type_name(value: str) -> str:
+    """OpenVINO reports element types as `<Type: 'bfloat16'>`; the hint's own spelling is
+    used everywhere else."""
+    names = {"bfloat16": "bf16", "float32": "f32", "float16": "f16"}
+    for long, short in names.items():
+        if long in value:
+            return short
+    return value
+
+
+def _compress_weights(f32_xml: Path, target: Path) -> Path:
+    import openvino as ov
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(ov.Core().read_model(f32_xml), target, compress_to_fp16=True)
+    return target
+
+
+def _quantize(f32_xml: Path, target: Path, calibration: Sequence[Inputs],
+              ignored: list[str]) -> Path:
+    """NNCF post-training quantisation with the MIXED preset (symmetric weights, asymmetric
+    activations: on FlashOcc M0 68 % of the labels agree with f32 against 37 % with the
+    default symmetric preset, at the same speed), the index math excluded so that
+    coordinates are not rounded to 256 levels."""
+    try:
+        import nncf
+    except ImportError as exc:
+        raise PrecisionError("--precision int8 needs NNCF: pip install nncf (or "
+                             "`pip install -c constraints.txt -e \".[precision]\"`).") from exc
+    import openvino as ov
+
+    if not calibration:
+        raise PrecisionError("--precision int8 needs calibration inputs (get_inputs, "
+                             "get_probe_inputs or get_calibration_inputs in the script).")
+    nncf.set_log_level(logging.ERROR)
+    dataset = nncf.Dataset([to_numpy(values.tensors()) for values in calibration])
+    # NNCF draws rich progress bars on stdout, across the CLI's own live display.
+    with contextlib.redirect_stdout(io.StringIO()):
+        quantized = nncf.quantize(ov.Core().read_model(f32_xml), dataset,
+                                  preset=nncf.QuantizationPreset.MIXED,
+                                  subset_size=len(calibration),
+                                  ignored_scope=nncf.IgnoredScope(names=ignored, validate=False))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(quantized, target, compress_to_fp16=False)
+    return target
