@@ -75,3 +75,14 @@ def test_a_runtime_error_is_a_failed_record():
 
     records = verify(lambda i: i.args[0] + 1, [Refuses()], {"probe": Inputs((torch.ones(2),))})
     assert len(records) == 1 and not records[0].passed and "bad shape" in records[0].error
+
+
+def test_finite_float32_fast_path_agrees_with_the_general_one():
+    rng = np.random.default_rng(0)
+    reference = (rng.normal(size=(64, 18)) * 50).astype(np.float32)
+    for noise in (1e-5, 1e-2, 1.0):
+        actual = reference + (rng.normal(size=reference.shape) * noise).astype(np.float32)
+        fast = compare(reference, actual)
+        general = compare(reference.astype(np.float64), actual.astype(np.float64))
+        assert fast[2] == general[2]
+        assert fast[:2] == pytest.approx(general[:2], rel=1e-6)
