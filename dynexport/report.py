@@ -180,58 +180,40 @@ class Report:
         parts: list = [Text(f"Result: {'OK' if self.ok else 'FAILED'}",
                             style="bold green" if self.ok else "bold red")]
         if self.stages:
-            table = Table(title="Stages", title_justify="left")
-            for column in ("stage", "status", "seconds", "artifact / error"):
-                table.add_column(column)
-            for s in self.stages:
-                style = {"ok": "green", "failed": "red", "skipped": "dim"}[s.status]
-                table.add_row(s.name, Text(s.status, style=style), f"{s.seconds:.2f}",
-                              s.error.splitlines()[0][:120] if s.error else (s.artifact or ""))
-            parts.append(table)
+            parts.append(_table("Stages", ("stage", "status", "seconds", "artifact / error"), [
+                (s.name, Text(s.status, style=_STATUS_STYLE[s.status]), f"{s.seconds:.2f}",
+                 s.error.splitlines()[0][:120] if s.error else (s.artifact or ""))
+                for s in self.stages]))
         parts.append(self._rich_hazards())
         if self.unsupported_ops:
-            table = Table(title="Unsupported ops", title_justify="left")
-            for column in ("op", "backend", "count", "location"):
-                table.add_column(column)
-            for u in self.unsupported_ops:
-                table.add_row(u.op, u.backend, str(u.count), _where(u.file, u.line, short=True))
-            parts.append(table)
+            parts.append(_table("Unsupported ops", ("op", "backend", "count", "location"), [
+                (u.op, u.backend, str(u.count), _where(u.file, u.line, short=True))
+                for u in self.unsupported_ops]))
         if self.verification:
-            table = Table(title="Verification against eager PyTorch", title_justify="left")
-            for column in ("runtime", "inputs", "output", "max abs", "max rel", "passed"):
-                table.add_column(column)
-            for v in self.verification:
-                table.add_row(v.runtime, v.inputs, v.output, f"{v.max_abs_diff:.3g}",
-                              f"{v.max_rel_diff:.3g}",
-                              Text("yes", style="green") if v.passed else
-                              Text("NO" + (f" ({v.error})" if v.error else ""), style="red"))
-            parts.append(table)
+            parts.append(_table(
+                "Verification against eager PyTorch",
+                ("runtime", "inputs", "output", "max abs", "max rel", "passed"),
+                [(v.runtime, v.inputs, v.output, f"{v.max_abs_diff:.3g}", f"{v.max_rel_diff:.3g}",
+                  Text("yes", style="green") if v.passed else
+                  Text("NO" + (f" ({v.error})" if v.error else ""), style="red"))
+                 for v in self.verification]))
         if self.precision is not None:
             p = self.precision
-            table = Table(title=f"Precision {p.precision} against f32: {p.speedup:.2f}× faster "
-                          f"({p.median_ms:.1f} ms vs {p.f32_median_ms:.1f} ms, computes in "
-                          f"{p.inference_precision})", title_justify="left")
-            for column in ("inputs", "output", "max abs diff", "label agreement"):
-                table.add_column(column)
-            for c in p.comparisons:
-                table.add_row(c.inputs, c.output, f"{c.max_abs_diff:.3g}",
-                              _percent(c.label_agreement))
-            parts.append(table)
+            parts.append(_table(
+                f"Precision {p.precision} against f32: {p.speedup:.2f}× faster "
+                f"({p.median_ms:.1f} ms vs {p.f32_median_ms:.1f} ms, computes in "
+                f"{p.inference_precision})",
+                ("inputs", "output", "max abs diff", "label agreement"),
+                [(c.inputs, c.output, f"{c.max_abs_diff:.3g}", _percent(c.label_agreement))
+                 for c in p.comparisons]))
         if self.serving:
-            table = Table(title="Serving", title_justify="left")
-            for column in ("layout", "repository", "model"):
-                table.add_column(column)
-            for s in self.serving:
-                table.add_row(s.layout, s.repository, s.model)
-            parts.append(table)
+            parts.append(_table("Serving", ("layout", "repository", "model"),
+                                [(s.layout, s.repository, s.model) for s in self.serving]))
         if self.benchmark:
-            table = Table(title="Benchmark", title_justify="left")
-            for column in ("runtime", "precision", "median ms", "min ms", "max ms", "runs"):
-                table.add_column(column)
-            for b in self.benchmark:
-                table.add_row(b.runtime, b.precision or "", f"{b.median_ms:.2f}", _ms(b.min_ms),
-                              _ms(b.max_ms), str(b.runs))
-            parts.append(table)
+            parts.append(_table(
+                "Benchmark", ("runtime", "precision", "median ms", "min ms", "max ms", "runs"),
+                [(b.runtime, b.precision or "", f"{b.median_ms:.2f}", _ms(b.min_ms),
+                  _ms(b.max_ms), str(b.runs)) for b in self.benchmark]))
         return Group(*parts)
 
     def _rich_hazards(self) -> Text:
@@ -272,6 +254,18 @@ class Report:
                 + (f"<h4>Verification</h4><table><tr><th>runtime</th><th>inputs</th>"
                    f"<th>output</th><th>max abs diff</th><th>passed</th></tr>{checks}</table>"
                    if checks else "") + "</div>")
+
+
+_STATUS_STYLE = {"ok": "green", "failed": "red", "skipped": "dim"}
+
+
+def _table(title: str, columns: tuple[str, ...], rows: list[tuple]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    return table
 
 
 def _where(file: str | None, line: int | None, short: bool = False) -> str:
