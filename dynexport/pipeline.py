@@ -201,6 +201,8 @@ def _run_stages(state: _Run, script: Script, options: Options) -> None:
                                                      script.method)
     else:
         state.skip("verify", "--no-verify")
+    if not options.bench:
+        runners = []  # their sessions (~1 GB for FlashOcc M0) would sit idle through the rest
     variants = _precision_stage(state, script, options, reference)
     if options.layouts:
         with state.stage("serving") as record:

@@ -1,0 +1,121 @@
+"""Seconds and peak memory per stage of the CLI pipeline, on FlashOcc by default.
+
+    python benchmarks/pipeline.py [--runs 1] [--json FILE] [-- SCRIPT.py [SCRIPT_ARGS...]]
+
+Each run is a fresh `python` process, as `python -m dynexport` is: interpreter start and
+imports count in the wall time. The child runs `dynexport.pipeline.run` (what the CLI runs)
+with an observer that samples its resident memory during each stage; the parent measures the
+wall time and the child's peak RSS (getrusage). Without a script it runs
+`examples/flashocc.py` (M0) with ranks in the graph and precomputed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from machine import PeakRSS, cpu_info, describe, versions
+
+REPO = Path(__file__).resolve().parent.parent
+FLASHOCC = [str(REPO / "examples" / "flashocc.py")]
+DEFAULT_CASES = {"M0, ranks in the graph": FLASHOCC,
+                 "M0, precomputed ranks": [*FLASHOCC, "--ranks", "precomputed"]}
+
+
+def child(out: str, script: str, script_args: list[str]) -> None:
+    """Run the pipeline in this process; write per-stage seconds and peak RSS to out."""
+    from dynexport.pipeline import Options, run
+
+    class Sampling:
+        def __init__(self, sampler: PeakRSS):
+            self.sampler, self.stages = sampler, []
+
+        def started(self, name: str) -> None:
+            self.start = self.sampler.reset()
+
+        def finished(self, record, error) -> None:
+            self.stages.append({"name": record.name, "status": record.status,
+                                "seconds": record.seconds, "rss_start": self.start,
+                                "rss_peak": self.sampler.peak})
+
+    with PeakRSS() as sampler:
+        observer = Sampling(sampler)
+        report = run(script, script_args, Options(out_dir=Path(out) / "artifacts"),
+                     observer=observer)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # the process's own peak
+    Path(out, "stages.json").write_text(json.dumps(
+        {"ok": report.ok, "stages": observer.stages, "peak_rss": peak}, indent=1))
+
+
+def measure(script_args: list[str]) -> dict:
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, __file__, "--child", out, *script_args], check=True)
+        wall = time.perf_counter() - start
+        result = json.loads(Path(out, "stages.json").read_text())
+    result["wall_seconds"] = wall
+    return result
+
+
+def table(results: dict[str, list[dict]]) -> str:
+    names = list(dict.fromkeys(s["name"] for runs in results.values() for s in runs[0]["stages"]))
+    header = "| stage | " + " | ".join(f"{case}: s | peak GB" for case in results) + " |"
+    lines = [header, "|---|" + "---:|---:|" * len(results)]
+    for name in names:
+        cells = []
+        for runs in results.values():
+            stages = [next((s for s in r["stages"] if s["name"] == name), None) for r in runs]
+            stages = [s for s in stages if s]
+            if not stages:
+                cells += ["", ""]
+                continue
+            seconds = sorted(s["seconds"] for s in stages)[len(stages) // 2]
+            cells += [f"{seconds:.1f}", f"{max(s['rss_peak'] for s in stages) / 1e9:.2f}"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    walls = [sorted(r["wall_seconds"] for r in runs)[len(runs) // 2] for runs in results.values()]
+    peaks = [max(r["peak_rss"] for r in runs) for runs in results.values()]
+    lines.append("| **whole command (wall)** | " + " | ".join(
+        f"**{w:.1f}** | **{p / 1e9:.2f}**" for w, p in zip(walls, peaks, strict=True)) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:
+        child(argv[1], argv[2], argv[3:])
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=1, help="runs per case (median shown)")
+    parser.add_argument("--json", type=Path, help="also write every measurement here")
+    parser.add_argument("script", nargs=argparse.REMAINDER,
+                        help="-- SCRIPT.py [SCRIPT_ARGS...] (default: FlashOcc M0, both modes)")
+    args = parser.parse_args(argv)
+    script = args.script[1:] if args.script[:1] == ["--"] else args.script
+    if script:
+        script[0] = str(Path(script[0]).resolve())
+    cases = {" ".join([Path(script[0]).name, *script[1:]]): script} if script else DEFAULT_CASES
+    info = cpu_info()
+    results = {case: [] for case in cases}
+    for _ in range(args.runs):
+        for case, script_args in cases.items():
+            results[case].append(measure(script_args))
+            print(f"{case}: {results[case][-1]['wall_seconds']:.1f} s, ok="
+                  f"{results[case][-1]['ok']}", file=sys.stderr)
+    print(describe(info))
+    print(", ".join(f"{k} {v}" for k, v in versions().items() if v) + "\n")
+    print(table(results))
+    if args.json:
+        args.json.write_text(json.dumps({"machine": info, "versions": versions(),
+                                         "load_average": os.getloadavg(),
+                                         "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
