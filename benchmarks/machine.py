@@ -8,8 +8,9 @@ import datetime
 import os
 import threading
 import time
-from importlib import metadata
 from pathlib import Path
+
+from dynexport.report import installed_versions
 
 FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16",
          "amx_int8")
@@ -68,13 +69,7 @@ def sgemm_gflops(size: int = 2048, seconds: float = 3.0) -> float:
 
 
 def versions() -> dict[str, str | None]:
-    found: dict[str, str | None] = {}
-    for name in PACKAGES:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = None
-    return found
+    return installed_versions(PACKAGES)
 
 
 def describe(info: dict) -> str:

@@ -39,9 +39,10 @@ class StageRecord:
     error: str | None = None
 
 
-def installed_versions() -> dict[str, str | None]:
+def installed_versions(names: tuple[str, ...] = _VERSIONED) -> dict[str, str | None]:
+    """The installed version of each distribution in `names` (None where missing)."""
     versions: dict[str, str | None] = {}
-    for name in _VERSIONED:
+    for name in names:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
