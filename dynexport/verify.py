@@ -48,44 +48,33 @@ def compare(reference: np.ndarray, actual: np.ndarray) -> tuple[float, float, bo
     """(max_abs_diff, max_rel_diff relative to the reference's largest magnitude, passed).
 
     NaN and infinity count as equal where both sides have the same one (a singular matrix
-    inverts to inf/nan in every runtime); anywhere else they fail."""
+    inverts to inf/nan in every runtime); anywhere else they fail. float32 pairs are compared
+    in float32: 20× faster on FlashOcc M0's 11.5 M logits (1.3 s → 0.06 s per comparison)."""
     reference, actual = np.asarray(reference), np.asarray(actual)
     if reference.shape != actual.shape:
         return float("inf"), float("inf"), False
     if reference.size == 0:
         return 0.0, 0.0, True
-    if (reference.dtype == actual.dtype == np.float32 and np.isfinite(reference).all()
-            and np.isfinite(actual).all()):
-        return _compare_finite(reference, actual)
-    ref = reference.astype(np.float64)
-    act = actual.astype(np.float64)
-    same_nonfinite = (np.isnan(ref) & np.isnan(act)) | ((ref == act) & np.isinf(ref))
-    with np.errstate(invalid="ignore"):
-        diff = np.where(same_nonfinite, 0.0, np.abs(ref - act))
-    diff = np.nan_to_num(diff, nan=np.inf)
+    work = np.float32 if reference.dtype == actual.dtype == np.float32 else np.float64
+    ref = reference.astype(work, copy=False)
+    act = actual.astype(work, copy=False)
+    magnitude = np.abs(ref)
+    if np.isfinite(ref).all() and np.isfinite(act).all():
+        diff = np.abs(ref - act)
+    else:
+        same_nonfinite = (np.isnan(ref) & np.isnan(act)) | ((ref == act) & np.isinf(ref))
+        with np.errstate(invalid="ignore"):
+            diff = np.nan_to_num(np.where(same_nonfinite, 0.0, np.abs(ref - act)), nan=np.inf)
+        magnitude = np.where(np.isfinite(ref), magnitude, 0.0)
     max_abs = float(diff.max())
-    scale = float(np.abs(np.where(np.isfinite(ref), ref, 0.0)).max())
+    scale = float(magnitude.max())
     max_rel = max_abs / scale if scale > 0 else max_abs
     if reference.dtype.kind in "biu":
-        passed = float((diff == 0).mean()) >= MIN_INTEGER_AGREEMENT
-    else:
-        rtol, atol = _FLOAT_TOLERANCE.get(reference.dtype, _FLOAT_TOLERANCE[np.dtype(np.float16)])
-        allowed = atol * max(scale, 1.0) + rtol * np.where(same_nonfinite, 0.0, np.abs(ref))
-        passed = bool(np.all(diff <= allowed))
-    return max_abs, max_rel, passed
-
-
-def _compare_finite(reference: np.ndarray, actual: np.ndarray) -> tuple[float, float, bool]:
-    """compare() for finite float32 arrays, in float32: 20× faster than the general path on
-    FlashOcc M0's 11.5 M logits (1.3 s → 0.06 s per comparison, eight per run)."""
-    rtol, atol = _FLOAT_TOLERANCE[np.dtype(np.float32)]
-    diff = np.abs(reference - actual)
-    max_abs = float(diff.max())
-    scale = float(np.abs(reference).max())
-    allowed = np.abs(reference)
-    allowed *= rtol
-    allowed += atol * max(scale, 1.0)
-    return max_abs, (max_abs / scale if scale > 0 else max_abs), bool((diff <= allowed).all())
+        return max_abs, max_rel, float((diff == 0).mean()) >= MIN_INTEGER_AGREEMENT
+    rtol, atol = _FLOAT_TOLERANCE.get(reference.dtype, _FLOAT_TOLERANCE[np.dtype(np.float16)])
+    magnitude *= rtol  # in place: the tolerance array reuses the magnitude's memory
+    magnitude += atol * max(scale, 1.0)
+    return max_abs, max_rel, bool((diff <= magnitude).all())
 
 
 def reference_outputs(eager: Callable[[Inputs], Any], inputs: Inputs) -> list[tuple[str, Any]]:
