@@ -17,7 +17,7 @@ from dynexport.capture import CaptureError, capture
 from dynexport.coverage import unsupported_op_hazards, unsupported_ops
 from dynexport.decompositions import decompose
 from dynexport.hazards.collect import find_hazards
-from dynexport.inputs import Inputs, make_probe, normalize_inputs
+from dynexport.inputs import Inputs, eager_call, make_probe, normalize_inputs
 from dynexport.quiet import quiet_torch
 from dynexport.report import Report, StageRecord
 
@@ -59,8 +59,7 @@ def explain(model: torch.nn.Module, args: tuple = (), kwargs: dict[str, Any] | N
         captured = exc.capture
         stage = StageRecord("capture", "failed", error=str(exc))
     stage.seconds = round(time.perf_counter() - start, 3)
-    function = getattr(model, method)
-    hazards = find_hazards(lambda i: function(*i.args, **i.kwargs), [example, probe_inputs],
+    hazards = find_hazards(eager_call(model, method), [example, probe_inputs],
                            captured, model, method)
     missing = []
     if captured.program is not None:

@@ -30,7 +30,7 @@ from dynexport.coverage import (
 from dynexport.decompositions import decompose
 from dynexport.hazards.baked_constant import baked_constant_hazards
 from dynexport.hazards.collect import find_hazards
-from dynexport.inputs import Inputs, flatten_outputs
+from dynexport.inputs import Inputs, eager_call, flatten_outputs
 from dynexport.precision import Precision, apply_precision
 from dynexport.quiet import quiet_torch
 from dynexport.report import Report, StageRecord
@@ -98,12 +98,6 @@ class _Run:
         self.report.stages.append(record)
         if self.observer:
             self.observer.finished(record, None)
-
-
-def eager_call(model: torch.nn.Module, method: str = "forward"):
-    """The reference: the user's model, called the way the script says."""
-    function = getattr(model, method)
-    return lambda inputs: function(*inputs.args, **inputs.kwargs)
 
 
 def remembered(call: Callable[[Inputs], Any]) -> Callable[[Inputs], Any]:
