@@ -23,6 +23,18 @@ from dynexport.hazards.records import Hazard, SourceLocation
 _BRANCH = re.compile(r"^\s*(if|elif|while|assert)\b|\bif\b.*\belse\b")
 
 
+# One fix per situation, whichever source (eager watch, draft export, capture error) found it.
+_BRANCH_FIX = ("Compute both sides and select with `torch.where`, use `torch.cond` for real "
+               "branches, or, when the branch can never be taken (e.g. `len(kept) == 0`), drop "
+               "it or state the fact with `torch._check(kept.numel() > 0)`.")
+_VALUE_FIX = ("Keep it a tensor (use it in tensor ops, `torch.where`, masks); if it must be a "
+              "size, mark it with `torch._check_is_size(n)` and bound it with "
+              "`torch._check(n <= MAX)`.")
+_SPECIALIZATION_FIX = ("Make the code size-agnostic (no comparison of a dynamic size with a "
+                       "constant, no Python int of a shape), or declare the dimension static "
+                       "or `Dim.AUTO`.")
+
+
 def _is_branch(code: str) -> bool:
     return bool(_BRANCH.search(code))
 
@@ -73,9 +85,7 @@ def from_conversion(conversion: Conversion, strict_captured: bool) -> Hazard | N
             f"Python control flow depends on {what}; export keeps only the branch the example "
             "took, and the converted model gives wrong answers when another input would take "
             "the other one.",
-            "Compute both sides and select with `torch.where`, use `torch.cond` for real "
-            "branches, or, when the branch can never be taken (e.g. `len(kept) == 0`), drop it "
-            "or state the fact with `torch._check(kept.numel() > 0)`.")
+            _BRANCH_FIX)
     if not conversion.from_data:
         return _hazard(
             "tensor_to_python", "warning", where,
@@ -89,8 +99,7 @@ def from_conversion(conversion: Conversion, strict_captured: bool) -> Hazard | N
         f"`{conversion.kind}` turns a tensor computed from the inputs into a Python value; "
         "export either bakes the example's value into the graph or leaves an unbacked symbol "
         "that the backends cannot convert.",
-        "Keep it a tensor (use it in tensor ops, `torch.where`, masks); if it must be a size, "
-        "mark it with `torch._check_is_size(n)` and bound it with `torch._check(n <= MAX)`.")
+        _VALUE_FIX)
 
 
 def from_draft_failure(failure: Any, filenames: dict[int, str]) -> Hazard | None:
@@ -105,8 +114,7 @@ def from_draft_failure(failure: Any, filenames: dict[int, str]) -> Hazard | None
     if kind == "CONSTRAINT_VIOLATION_ERROR":
         return _hazard("shape_specialization", "warning", where,
                        "A dimension declared dynamic was fixed to its example size.",
-                       "Remove the code that pins the size (e.g. a Python int of a shape used "
-                       "as a constant) or declare the dimension static.", detail)
+                       _SPECIALIZATION_FIX, detail)
     if kind != "DATA_DEPENDENT_ERROR" or where is None:
         return None
     if _is_branch(where.code):
@@ -114,14 +122,12 @@ def from_draft_failure(failure: Any, filenames: dict[int, str]) -> Hazard | None
             "data_dependent_branch", "error", where,
             "Python control flow depends on tensor data; export assumed the example's outcome "
             f"({data.get('expr', '')} → {data.get('result', '?')}) and dropped the other branch.",
-            "Compute both sides and select with `torch.where`, use `torch.cond`, or state a "
-            "fact that always holds with `torch._check(...)`.", detail)
+            _BRANCH_FIX, detail)
     return _hazard(
         "tensor_to_python", "error", where,
         "A value computed from tensor data was needed as a Python number; export assumed the "
         f"example's value ({data.get('expr', '')} → {data.get('result', '?')}).",
-        "Keep it a tensor; if it is a size, use `torch._check_is_size` and bound it with "
-        "`torch._check`.", detail)
+        _VALUE_FIX, detail)
 
 
 def from_capture_failure(error: BaseException, strategy: str) -> Hazard | None:
@@ -135,9 +141,7 @@ def from_capture_failure(error: BaseException, strategy: str) -> Hazard | None:
             "shape_specialization", "warning", where,
             "A dimension declared dynamic was fixed to its example size by this code; the "
             "converted model only accepts that size.",
-            "Make the code size-agnostic (no comparison of a dynamic size with a constant, no "
-            "Python int of a shape), or declare the dimension static or `Dim.AUTO`.",
-            detail=text[:2000])
+            _SPECIALIZATION_FIX, detail=text[:2000])
     if strategy != "strict" or "data-dependent" in text:
         return None  # data dependence is reported at its cause by the eager watch and draft
     reason = next((line.strip() for line in text.splitlines() if line.strip()),
