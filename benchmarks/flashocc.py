@@ -1,5 +1,6 @@
 """FlashOcc end to end, one process, one machine: eager PyTorch vs onnxruntime vs OpenVINO at
-f32, at its default precision (bf16 where the CPU has it) and INT8 (NNCF).
+f32, at its default precision (bf16 where the CPU has it) and INT8 (NNCF; skipped with a note
+when NNCF is not installed).
 
     python benchmarks/flashocc.py [--cases m0:graph m0:precomputed m1:precomputed ...]
                                   [--runs 7] [--json FILE] [--plot FILE.png]
@@ -91,8 +92,19 @@ def convert(script, folder: Path) -> dict:
                         "OpenVINO": openvino_s}}
 
 
-def runners(script, paths: dict, folder: Path, calibration: list) -> tuple[dict, dict, dict]:
-    """Every runtime, its memory growth, and the int8 quantisation record."""
+def nncf_available() -> bool:
+    """Whether NNCF imports (it is optional: the `precision` extra)."""
+    try:
+        import nncf  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def runners(script, paths: dict, folder: Path, calibration: list, int8: bool = True
+            ) -> tuple[dict, dict, dict | None]:
+    """Every runtime, its memory growth, and the int8 quantisation record (None when `int8`
+    is False: no INT8 runtimes)."""
     made, memory = {}, {}
     feeds = to_numpy(script.example.tensors())
 
@@ -108,12 +120,14 @@ def runners(script, paths: dict, folder: Path, calibration: list) -> tuple[dict,
     add("onnxruntime", lambda: OnnxRuntimeRunner(paths["onnx"]))
     add("OpenVINO f32", lambda: OpenVINORunner(paths["xml"]))
     add("OpenVINO default", lambda: OpenVINORunner(paths["xml"], config={}))
-    (int8, _), quantize_s = _seconds(lambda: apply_precision(
+    if not int8:
+        return made, memory, None
+    quantized, quantize_s = _seconds(lambda: apply_precision(
         "int8", paths["xml"], folder, {"example": script.example}, calibration, runs=1))
-    add("OpenVINO INT8", lambda: OpenVINORunner(int8.artifact))
-    add("OpenVINO INT8 + default", lambda: OpenVINORunner(int8.artifact, config={}))
-    quantization = {"seconds": quantize_s, "samples": int8.calibration_samples,
-                    "not_quantized": len(int8.not_quantized or [])}
+    add("OpenVINO INT8", lambda: OpenVINORunner(quantized.artifact))
+    add("OpenVINO INT8 + default", lambda: OpenVINORunner(quantized.artifact, config={}))
+    quantization = {"seconds": quantize_s, "samples": quantized.calibration_samples,
+                    "not_quantized": len(quantized.not_quantized or [])}
     return made, memory, quantization
 
 
@@ -250,7 +264,8 @@ def bev_pool_alone(script, folder: Path, runs: int) -> dict:
             "median_ms": {label: statistics.median(t) for label, t in times.items()}}
 
 
-def run_case(config: str, ranks: str, runs: int, peak_gflops: float, sgemm: float) -> dict:
+def run_case(config: str, ranks: str, runs: int, peak_gflops: float, sgemm: float,
+             int8: bool = True) -> dict:
     from flashocc import CONFIGS
     from flashocc.flops import count_flops
 
@@ -260,7 +275,7 @@ def run_case(config: str, ranks: str, runs: int, peak_gflops: float, sgemm: floa
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         paths = convert(script, folder)
-        made, memory, quantization = runners(script, paths, folder, calibration)
+        made, memory, quantization = runners(script, paths, folder, calibration, int8)
         feeds = to_numpy(script.example.tensors())
         times = interleaved(made, feeds, runs)
         accuracy = compare(made, {"example": script.example, "probe": script.probe})
@@ -268,10 +283,12 @@ def run_case(config: str, ranks: str, runs: int, peak_gflops: float, sgemm: floa
             "OpenVINO f32": openvino_profile(paths["xml"], {"INFERENCE_PRECISION_HINT": "f32"},
                                              feeds),
             "OpenVINO default": openvino_profile(paths["xml"], {}, feeds),
-            "OpenVINO INT8": openvino_profile(folder / "openvino_int8" / "model.xml",
-                                              {"INFERENCE_PRECISION_HINT": "f32"}, feeds),
             "onnxruntime": onnxruntime_profile(paths["onnx"], feeds),
         }
+        if int8:
+            profiles["OpenVINO INT8"] = openvino_profile(
+                folder / "openvino_int8" / "model.xml", {"INFERENCE_PRECISION_HINT": "f32"},
+                feeds)
         default_precision = str(made["OpenVINO default"].compiled.get_property(
             "INFERENCE_PRECISION_HINT"))
         del made
@@ -378,11 +395,15 @@ def main(argv: list[str] | None = None) -> None:
     machine = cpu_info()
     sgemm = sgemm_gflops()
     nominal = nominal_fp32_peak_gflops(machine) or sgemm
+    int8 = nncf_available()
+    if not int8:
+        print("INT8 skipped: NNCF is not installed (pip install nncf, or the `precision` "
+              "extra).", file=sys.stderr)
     results = []
     with PeakRSS() as peak:
         for case in args.cases:
             config, ranks = case.split(":")
-            results.append(run_case(config, ranks, args.runs, nominal, sgemm))
+            results.append(run_case(config, ranks, args.runs, nominal, sgemm, int8))
             print(f"{case} done, load average {os.getloadavg()[0]:.2f}", file=sys.stderr)
             gc.collect()
     header = (f"{describe(machine)}\n" + ", ".join(f"{k} {v}" for k, v in versions().items() if v)

@@ -12,12 +12,14 @@ from rich.markup import escape
 
 from dynexport.capture import CaptureError
 from dynexport.coverage import coverage_table
-from dynexport.pipeline import TARGETS, Options, format_traceback, run, script_coverage
+from dynexport.errors import format_traceback
+from dynexport.pipeline import Options, run, script_coverage
 from dynexport.precision import PRECISIONS
 from dynexport.script import ScriptError, load_script
 from dynexport.serving import LAYOUTS
 
 EXIT_OK, EXIT_FAILED, EXIT_UNUSABLE = 0, 1, 2
+TARGETS = ("onnx", "openvino")
 
 
 class UsageError(Exception):
@@ -116,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         from dynexport.console import StageProgress
 
         with StageProgress(console, debug=args.debug) as progress:
-            report = run(target, target_args, options, observer=progress, loader=loader)
+            report = run(target, target_args, options, observer=progress, loader=loader,
+                         debug=args.debug)
     except CaptureError as exc:
         errors.print(f"[bold red]dynexport:[/] {escape(str(exc))}", highlight=False,
                      soft_wrap=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -11,15 +10,16 @@ import openvino as ov
 import torch
 from torch.export import ExportedProgram
 
+from dynexport import pipeline
 from dynexport.backends.onnx import to_onnx as _to_onnx
 from dynexport.backends.openvino import to_openvino as _to_openvino
-from dynexport.capture import CaptureError, capture
-from dynexport.coverage import unsupported_op_hazards, unsupported_ops
+from dynexport.capture import capture
+from dynexport.custom_ops.registry import OpRegistry
 from dynexport.decompositions import decompose
-from dynexport.hazards.collect import find_hazards
-from dynexport.inputs import Inputs, eager_call, make_probe, normalize_inputs
+from dynexport.inputs import Inputs, make_probe, normalize_inputs
 from dynexport.quiet import quiet_torch
-from dynexport.report import Report, StageRecord
+from dynexport.report import Report
+from dynexport.script import Script
 
 
 def export(model: torch.nn.Module, args: tuple = (), kwargs: dict[str, Any] | None = None,
@@ -32,39 +32,30 @@ def export(model: torch.nn.Module, args: tuple = (), kwargs: dict[str, Any] | No
         return decompose(captured.program)
 
 
-def to_onnx(program: ExportedProgram, path: str | os.PathLike) -> Path:
-    """Write `program` as an ONNX file of standard ops; return its path."""
-    return _to_onnx(program, path)
+def to_onnx(program: ExportedProgram, path: str | os.PathLike,
+            registry: OpRegistry | None = None) -> Path:
+    """Write `program` as an ONNX file of standard ops; return its path. Custom ops use the
+    translations of `registry` (a `dynexport.custom_ops.registry.OpRegistry`; None: the
+    default one, which holds dynexport's built-in ops)."""
+    return _to_onnx(program, path, registry)
 
 
-def to_openvino(program: ExportedProgram) -> ov.Model:
-    """Convert `program` to an openvino.Model (save it with openvino.save_model)."""
-    return _to_openvino(program)
+def to_openvino(program: ExportedProgram, registry: OpRegistry | None = None) -> ov.Model:
+    """Convert `program` to an openvino.Model (save it with openvino.save_model). Custom ops
+    use the conversions of `registry` (None: the default registry)."""
+    return _to_openvino(program, registry)
 
 
 def explain(model: torch.nn.Module, args: tuple = (), kwargs: dict[str, Any] | None = None,
             dynamic_shapes: Any = None, method: str = "forward",
             probe: Any = None) -> Report:
-    """Every hazard of `model` in one pass, without converting: capture with every fallback,
-    watch an eager run on the example and on `probe` (a second input of the same structure;
-    one is made when not given). The Report renders in a terminal and in Jupyter."""
+    """Every hazard of `model` in one pass, without converting: watch an eager run on the
+    example and on `probe` (a second input of the same structure; one is made when not given),
+    capture with every fallback, and find the ops a backend could not lower. The Report renders
+    in a terminal and in Jupyter."""
     example = Inputs(tuple(args), dict(kwargs or {}))
     probe_inputs = normalize_inputs(probe, source="probe") if probe is not None \
         else make_probe(example)
-    start = time.perf_counter()
-    try:
-        captured = capture(model, example, dynamic_shapes, method)
-        stage = StageRecord("capture", "ok")
-    except CaptureError as exc:
-        captured = exc.capture
-        stage = StageRecord("capture", "failed", error=str(exc))
-    stage.seconds = round(time.perf_counter() - start, 3)
-    hazards = find_hazards(eager_call(model, method), [example, probe_inputs],
-                           captured, model, method)
-    missing = []
-    if captured.program is not None:
-        with quiet_torch():
-            missing = unsupported_ops(captured.program)
-    return Report(script=type(model).__name__, capture_strategy=captured.strategy,
-                  stages=[stage], hazards=hazards + unsupported_op_hazards(missing),
-                  unsupported_ops=missing)
+    script = Script(path=Path(type(model).__name__), model=model, example=example,
+                    probe=probe_inputs, dynamic_shapes=dynamic_shapes, method=method)
+    return pipeline.explain(script)

@@ -4,15 +4,21 @@ and spread, in one process on one machine."""
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
 
+from dynexport.conversion import Converted
+from dynexport.eager import eager_call
 from dynexport.inputs import Inputs
-from dynexport.runtimes import Runner, to_numpy
+from dynexport.isolation import NativeCrash, run_isolated
+from dynexport.precision import PrecisionResult
+from dynexport.runtimes import open_runner, timings, to_numpy
+from dynexport.script import Script
+from dynexport.stage import Run, Stage
 
 
 @dataclass
@@ -24,24 +30,23 @@ class BenchmarkRecord:
     max_ms: float | None = None
     precision: str | None = None  # OpenVINO: f32 (pinned) or the --precision variant
 
+    error: str | None = None  # the runtime crashed or raised; no timing
+
+    COLUMNS = ("runtime", "precision", "median ms", "min ms", "max ms", "runs")
+
     def to_json(self) -> dict:
-        return {key: value for key, value in asdict(self).items() if value is not None}
+        return {key: value for key, value in asdict(self).items()
+                if value is not None and key != "error"}
+
+    def cells(self) -> tuple[str, ...]:
+        if self.error:
+            return (self.runtime, self.precision or "", self.error, "", "", "0")
+        return (self.runtime, self.precision or "", f"{self.median_ms:.2f}", _ms(self.min_ms),
+                _ms(self.max_ms), str(self.runs))
 
 
-def timings(call: Callable[[], object], runs: int, warmup: int = 2) -> list[float]:
-    """Milliseconds of `runs` calls after `warmup` untimed ones."""
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - start) * 1e3)
-    return times
-
-
-def median_ms(call: Callable[[], object], runs: int, warmup: int = 2) -> float:
-    return statistics.median(timings(call, runs, warmup))
+def _ms(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
 
 
 def _record(runtime, times: list[float], precision: str | None = None) -> BenchmarkRecord:
@@ -49,14 +54,47 @@ def _record(runtime, times: list[float], precision: str | None = None) -> Benchm
                            round(min(times), 3), round(max(times), 3), precision)
 
 
-def benchmark(eager: Callable[[Inputs], object], runners: list[Runner], inputs: Inputs,
-              runs: int = 10) -> list[BenchmarkRecord]:
-    """Time eager and every runner on the same inputs; OpenVINO records carry the precision
-    the runner computes in."""
+def time_eager(eager: Callable[[Inputs], object], inputs: Inputs,
+               runs: int = 10) -> BenchmarkRecord:
     with torch.inference_mode():
-        records = [_record("eager", timings(lambda: eager(inputs), runs))]
+        return _record("eager", timings(lambda: eager(inputs), runs))
+
+
+def time_artifact(runtime: str, artifact: str | Path, inputs: Inputs, device: str = "CPU",
+                  config: dict | None = None, precision: str | None = None,
+                  runs: int = 10, isolate: bool = True) -> BenchmarkRecord:
+    """Open `artifact` in `runtime` and time it on `inputs`, in a child process (a crash is
+    recorded, not fatal). OpenVINO records carry the precision it computes in."""
     feeds = to_numpy(inputs.tensors())
-    for runner in runners:
-        records.append(_record(runner.name, timings(lambda r=runner: r.run(feeds), runs),
-                               getattr(runner, "precision", None)))
+
+    def measure() -> BenchmarkRecord:
+        runner = open_runner(runtime, artifact, device, config)
+        return _record(runtime, timings(lambda: runner.run(feeds), runs),
+                       precision or getattr(runner, "precision", None))
+
+    try:
+        return run_isolated(measure, f"{runtime} on {Path(artifact).name}", isolate)
+    except NativeCrash as crash:
+        return BenchmarkRecord(runtime, 0.0, 0, precision=precision, error=str(crash))
+
+
+def _run(run: Run) -> list[BenchmarkRecord]:
+    """Eager and every converted model (and the --precision variant) on the example."""
+    script = run.result("load", Script)
+    options = run.options
+    records = [time_eager(eager_call(script.model, script.method), script.example)]
+    for stage, runtime in (("onnx", "onnxruntime"), ("openvino", "openvino")):
+        converted = run.result(stage, Converted)
+        if converted is not None:
+            records.append(time_artifact(runtime, converted.artifact, script.example,
+                                         options.device, isolate=options.isolate))
+    variant = run.result("precision", PrecisionResult)
+    if variant is not None:
+        records.append(time_artifact("openvino", variant.artifact or run.result(
+            "openvino", Converted).artifact, script.example, options.device,
+            variant.openvino_config, variant.precision, isolate=options.isolate))
     return records
+
+
+BENCHMARK_STAGE = Stage("benchmark", _run, needs=("load",), needs_any=("onnx", "openvino"),
+                        requested=lambda options: None if options.bench else "")

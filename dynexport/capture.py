@@ -5,19 +5,22 @@ kept (with its error) so that later stages can explain why the stricter ones fai
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch.export import ExportedProgram
 
+from dynexport.adapters.torch_export import backed_size_oblivious, draft_report
+from dynexport.errors import one_line
 from dynexport.inputs import Inputs
+from dynexport.names import STRATEGIES, Strategy
 from dynexport.quiet import quiet_torch
-
-Strategy = Literal["strict", "non_strict", "draft"]
-STRATEGIES: tuple[Strategy, ...] = ("strict", "non_strict", "draft")
+from dynexport.script import Script
+from dynexport.stage import Run, Stage
 
 
 @dataclass
@@ -41,11 +44,14 @@ class Capture:
     program: ExportedProgram | None
     strategy: Strategy | None
     attempts: list[Attempt] = field(default_factory=list)
+    # Inputs' dimensions declared dynamic whose example size is 0 or 1, kept dynamic by
+    # capturing size-obliviously (names like "x.0": input x, dimension 0).
+    size_oblivious_dims: list[str] = field(default_factory=list)
 
     @property
     def draft_report(self) -> Any:
         """torch's DraftExportReport when draft export ran (its failures name user lines)."""
-        return getattr(self.program, "_report", None) if self.strategy == "draft" else None
+        return draft_report(self.program) if self.strategy == "draft" else None
 
 
 class CaptureError(RuntimeError):
@@ -53,8 +59,8 @@ class CaptureError(RuntimeError):
 
     def __init__(self, capture: Capture):
         self.capture = capture
-        lines = [f"{a.strategy}: {type(a.error).__name__}: {_first_line(a.error)}"
-                 for a in capture.attempts]
+        self.evidence = capture  # for the hazard step: why each strategy failed
+        lines = [f"{a.strategy}: {one_line(a.error)}" for a in capture.attempts]
         super().__init__("torch.export could not capture the model with any strategy:\n  "
                          + "\n  ".join(lines))
 
@@ -85,10 +91,15 @@ def capture(model: torch.nn.Module, inputs: Inputs, dynamic_shapes: Any = None,
     Raises CaptureError (holding every attempt) when all strategies fail."""
     module = model if method == "forward" else method_module(model, method)
     result = Capture(program=None, strategy=None)
+    # torch specializes a dimension whose example size is 0 or 1 (it cannot tell "1" from
+    # "broadcast"), so a batch-1 example pins a batch declared dynamic. torch.onnx's own capture
+    # exports size-obliviously for the same reason; do so when such a dimension exists.
+    oblivious = dynamic_shapes is not None and any(
+        size in (0, 1) for t in inputs.tensors() for size in t.shape)
     for strategy in strategies:
         start = time.perf_counter()
         try:
-            with quiet_torch():
+            with quiet_torch(), _size_oblivious(oblivious):
                 program = _EXPORTERS[strategy](module, inputs.args, inputs.kwargs,
                                                dynamic_shapes)
         except Exception as exc:  # every failure is kept and explained, none is fatal here
@@ -96,8 +107,31 @@ def capture(model: torch.nn.Module, inputs: Inputs, dynamic_shapes: Any = None,
             continue
         result.attempts.append(Attempt(strategy, time.perf_counter() - start, program=program))
         result.program, result.strategy = program, strategy
+        if oblivious:
+            result.size_oblivious_dims = _small_dynamic_dims(program, inputs)
         return result
     raise CaptureError(result)
+
+
+def _size_oblivious(enabled: bool) -> contextlib.AbstractContextManager:
+    if not enabled:
+        return contextlib.nullcontext()
+    return backed_size_oblivious()
+
+
+def _small_dynamic_dims(program: ExportedProgram, inputs: Inputs) -> list[str]:
+    """Dimensions of size 0 or 1 in the example that are symbolic in the program."""
+    user_inputs = set(program.graph_signature.user_inputs)
+    placeholders = [node for node in program.graph.nodes if node.op == "placeholder"
+                    and node.name in user_inputs and isinstance(node.meta.get("val"),
+                                                                torch.Tensor)]
+    found = []
+    for node, example in zip(placeholders, inputs.tensors(), strict=False):
+        name, fake = node.name, node.meta["val"]
+        found += [f"{name}.{dim}" for dim, (size, symbolic) in
+                  enumerate(zip(example.shape, fake.shape, strict=False))
+                  if size in (0, 1) and isinstance(symbolic, torch.SymInt)]
+    return found
 
 
 def _strict(module, args, kwargs, dynamic_shapes) -> ExportedProgram:
@@ -114,6 +148,10 @@ def _draft(module, args, kwargs, dynamic_shapes) -> ExportedProgram:
 
 _EXPORTERS = {"strict": _strict, "non_strict": _non_strict, "draft": _draft}
 
-def _first_line(exc: BaseException | None) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else ""
+
+def _run(run: Run) -> Capture:
+    script = run.result("load", Script)
+    return capture(script.model, script.example, script.dynamic_shapes, script.method)
+
+
+CAPTURE_STAGE = Stage("capture", _run, needs=("load",))

@@ -5,8 +5,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
-from dynexport.pipeline import format_traceback
-from dynexport.report import StageRecord
+from dynexport.errors import format_traceback
+from dynexport.stage import StageRecord
 
 _MARKS = {"ok": "[green]✓[/]", "failed": "[red]✗[/]", "skipped": "[dim]–[/]"}
 

@@ -12,30 +12,36 @@ Both run on `decompose(ep)`, i.e. what dynexport's conversion stages get. A back
 traced back to the op of the given program through the fx `from_node` provenance, so the
 coverage table lists the user's ops while the unsupported-op records name the op the
 backend actually lacks, each with the user's source line.
+
+Where a backend's own preparation of the program fails, coverage is judged on the program as
+given instead; the results (`CoverageResult`, a list) then carry a note saying so in `.notes`.
+Every torch.onnx / OpenVINO / torch internal used here goes through `dynexport.adapters`.
 """
 
 from __future__ import annotations
 
-import functools
-import logging
 import operator
 import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import torch
 from torch.export import ExportedProgram
 
-from dynexport.backends.shape_env import isolated_shape_env
-from dynexport.custom_ops.registry import (
-    onnx_translation_table,
-    openvino_decoder_input,
-    openvino_extensions,
+from dynexport.adapters import openvino_frontend, torch_onnx
+from dynexport.adapters.torch_export import (
+    OpOverload,
+    backed_size_oblivious,
+    graph_index,
+    is_higher_order,
+    isolated_shape_env,
+    origin,
+    overload_name,
 )
+from dynexport.custom_ops.registry import OpRegistry, resolve
 from dynexport.decompositions import decompose, decomposition_table
 from dynexport.hazards.location import location_from_stack_trace
 from dynexport.hazards.records import Backend, Hazard, SourceLocation, UnsupportedOp
@@ -44,6 +50,7 @@ if TYPE_CHECKING:
     from rich.table import Table
 
 __all__ = [
+    "CoverageResult",
     "OpCoverage",
     "coverage_table",
     "op_coverage",
@@ -54,7 +61,20 @@ __all__ = [
 ]
 
 BACKENDS: tuple[Backend, ...] = ("onnx", "openvino")
-_log = logging.getLogger(__name__)
+# What a backend's own preparation of a program raises when it cannot trace or decompose it
+# (torch errors, including GuardOnDataDependentSymNode and PendingUnbackedSymbolNotFound, are
+# RuntimeErrors). Anything else is a bug to surface, not a weaker coverage answer.
+_PREPARATION_ERRORS = (RuntimeError,)
+T = TypeVar("T")
+
+
+class CoverageResult(list[T], Generic[T]):
+    """A list of coverage rows or records, plus `notes`: what weakened the answer (a backend
+    whose own program preparation failed, so the program as given was judged instead)."""
+
+    def __init__(self, items: Iterable[T] = (), notes: Iterable[str] = ()) -> None:
+        super().__init__(items)
+        self.notes: list[str] = list(notes)
 
 
 @dataclass
@@ -71,9 +91,9 @@ class OpCoverage:
 
 def op_name(target: object) -> str:
     """"namespace.name.overload" for an OpOverload, "namespace.name" for other callables."""
-    if isinstance(target, torch._ops.OpOverload):
-        return f"{target.namespace}.{target._schema.name.split('::')[-1]}.{target._overloadname}"
-    if isinstance(target, torch._ops.HigherOrderOperator):
+    if isinstance(target, OpOverload):
+        return overload_name(target)
+    if is_higher_order(target):
         return f"higher_order.{target.name()}"
     module = getattr(target, "__module__", None) or type(target).__module__
     return f"{module}.{getattr(target, '__name__', str(target))}"
@@ -90,33 +110,10 @@ def _op_nodes(gm: torch.fx.GraphModule) -> Iterator[torch.fx.Node]:
                     yield node
 
 
-def _node_index(gm: torch.fx.GraphModule) -> dict[int, dict[str, torch.fx.Node]]:
-    """graph id -> node name -> node, the key fx provenance (`from_node`) refers to."""
-    return {
-        id(module.graph): {node.name: node for node in module.graph.nodes}
-        for module in gm.modules()
-        if isinstance(module, torch.fx.GraphModule)
-    }
-
-
-def _origin(node: torch.fx.Node, index: dict[int, dict[str, torch.fx.Node]]
-            ) -> torch.fx.Node | None:
-    """The node of the indexed program that `node` was (re)traced or decomposed from."""
-    pending = list(node.meta.get("from_node") or ())
-    while pending:
-        source = pending.pop()
-        found = index.get(source.graph_id, {}).get(source.name)
-        if found is not None:
-            return found
-        pending.extend(source.from_node)
-    return None
-
-
 def _node_op(node: torch.fx.Node) -> str:
     # torch.onnx wraps effectful ops (e.g. the _linalg_check_errors of linalg.inv) in the
     # with_effects HOP; the wrapped op is the one the user can relate to and act on.
-    if isinstance(node.target, torch._ops.HigherOrderOperator) and \
-            node.target.name() == "with_effects" and len(node.args) > 1:
+    if is_higher_order(node.target, "with_effects") and len(node.args) > 1:
         return op_name(node.args[1])
     return op_name(node.target)
 
@@ -131,83 +128,56 @@ def _location(nodes: Iterable[torch.fx.Node]) -> SourceLocation | None:
 
 # --- what each backend cannot lower -----------------------------------------------------
 
-@functools.lru_cache(maxsize=4)
-def _onnx_registry(custom: tuple[tuple[object, Callable], ...]):
-    # Building torchlib's registry takes ~1 s; the custom translations are part of the key.
-    from torch.onnx._internal.exporter import _registration
-
-    registry = _registration.ONNXRegistry.from_torchlib()
-    for target, function in custom:
-        registry.register_op(target, function, is_complex=False)
-    return registry
-
-
-def _onnx_failures(ep: ExportedProgram) -> list[torch.fx.Node]:
-    """Nodes of torch.onnx's own prepared program that its dispatcher finds no function for."""
-    from torch.onnx._internal.exporter import _core, _dispatching
-
-    registry = _onnx_registry(tuple(onnx_translation_table().items()))
-    with torch.fx.experimental._config.patch(backed_size_oblivious=True):
+def _onnx_failures(ep: ExportedProgram, registry: OpRegistry
+                   ) -> tuple[list[torch.fx.Node], list[str]]:
+    """Nodes of torch.onnx's own prepared program that its dispatcher finds no function
+    for, and notes."""
+    onnx_registry = torch_onnx.onnx_registry(registry.onnx_translation_table().items())
+    notes = []
+    with backed_size_oblivious():
         try:
-            prepared = _core._prepare_exported_program_for_export(ep, registry=registry)
-        except Exception as exc:  # the backend would fail before translating any op
-            _log.warning("torch.onnx could not decompose the program (%s); "
-                         "ONNX coverage is judged on the program as given", exc)
+            prepared = torch_onnx.prepare_for_export(ep, onnx_registry)
+        except _PREPARATION_ERRORS as exc:  # the backend would fail before translating any op
             prepared = ep
-    return [
+            notes.append("ONNX coverage is judged on the program as given: torch.onnx could "
+                         f"not decompose it ({_first_line(exc)})")
+    failures = [
         node for node in _op_nodes(prepared.graph_module)
-        if not _core._is_onnx_op(node.target)
-        and _dispatching.dispatch(node, registry)[0] is None
+        if not torch_onnx.is_onnx_op(node.target)
+        and not torch_onnx.has_translation(node, onnx_registry)
     ]
+    return failures, notes
 
 
-class _DropOpenVINODecompWarnings(logging.Filter):
-    # OpenVINO logs a traceback on the root logger for each op missing from torch's table.
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "openvino" not in record.pathname
-
-
-@contextmanager
-def _quiet_openvino() -> Iterator[None]:
-    root = logging.getLogger()
-    quiet = _DropOpenVINODecompWarnings()
-    root.addFilter(quiet)
-    try:
-        yield
-    finally:
-        root.removeFilter(quiet)
-
-
-def _openvino_failures(ep: ExportedProgram) -> list[torch.fx.Node]:
-    """fx nodes that OpenVINO's PyTorch frontend leaves unconverted (framework nodes)."""
-    from openvino.frontend import FrontEndManager
-    from openvino.frontend.pytorch.fx_decoder import TorchFXPythonDecoder
-
+def _openvino_failures(ep: ExportedProgram, registry: OpRegistry
+                       ) -> tuple[list[torch.fx.Node], list[str]]:
+    """fx nodes that OpenVINO's PyTorch frontend leaves unconverted (framework nodes), and
+    notes."""
+    notes = []
     # The same decoder input dynexport's OpenVINO stage converts: it keeps the custom ops that
     # have a ConversionExtension.
-    with _quiet_openvino():
+    with openvino_frontend.quiet_openvino():
         try:
-            decoder = openvino_decoder_input(ep)
-        except Exception as exc:
-            _log.warning("OpenVINO could not decompose the program (%s); "
-                         "OpenVINO coverage is judged on the program as given", exc)
-            decoder = TorchFXPythonDecoder(ep.module())
-        frontend = FrontEndManager().load_by_framework("pytorch")
-        for extension in openvino_extensions():
-            frontend.add_extension(extension)
-        model = frontend.convert_partially(frontend.load(decoder))
-    # The decoder names each OpenVINO node "<fx node name>/<op type>".
-    by_name = {node.name: node for node in _op_nodes(decoder.fx_gm)}
-    failures = []
-    for op in model.get_ordered_ops():
-        if "FrameworkNode" in op.get_type_name():
-            node = by_name.get(op.get_friendly_name().split("/", 1)[0])
-            if node is not None:
-                failures.append(node)
-    return failures
+            decoder = registry.openvino_decoder_input(ep)
+        except _PREPARATION_ERRORS as exc:
+            decoder = openvino_frontend.decoder(ep.module())
+            notes.append("OpenVINO coverage is judged on the program as given: OpenVINO's "
+                         f"decomposition table could not be applied ({_first_line(exc)})")
+        model = openvino_frontend.convert_partially(decoder, registry.openvino_extensions())
+    by_name = {node.name: node
+               for node in _op_nodes(openvino_frontend.decoder_graph_module(decoder))}
+    failures = [by_name[name] for name in openvino_frontend.framework_node_names(model)
+                if name in by_name]
+    return failures, notes
 
 
-_FAILURES: dict[Backend, Callable[[ExportedProgram], list[torch.fx.Node]]] = {
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:200] if text else ''}"
+
+
+_FAILURES: dict[Backend, Callable[[ExportedProgram, OpRegistry],
+                                  tuple[list[torch.fx.Node], list[str]]]] = {
     "onnx": _onnx_failures,
     "openvino": _openvino_failures,
 }
@@ -218,28 +188,34 @@ class _Analysis:
     program: ExportedProgram  # as given
     decomposed: ExportedProgram  # what dynexport's conversion stages receive
     failures: dict[Backend, list[torch.fx.Node]]  # nodes of each backend's own program
+    notes: list[str] = field(default_factory=list)
 
 
-def _analyze(ep: ExportedProgram, backends: Sequence[Backend]) -> _Analysis:
+def _analyze(ep: ExportedProgram, backends: Sequence[Backend],
+             registry: OpRegistry | None) -> _Analysis:
+    registry = resolve(registry)
     decomposed = decompose(ep)
-    failures = {}
+    analysis = _Analysis(ep, decomposed, {})
     for backend in backends:
         with isolated_shape_env(decomposed):
-            failures[backend] = _FAILURES[backend](decomposed)
-    return _Analysis(ep, decomposed, failures)
+            analysis.failures[backend], notes = _FAILURES[backend](decomposed, registry)
+        analysis.notes += notes
+    return analysis
 
 
 # --- public API ---------------------------------------------------------------------------
 
-def op_coverage(ep: ExportedProgram) -> list[OpCoverage]:
+def op_coverage(ep: ExportedProgram, registry: OpRegistry | None = None
+                ) -> CoverageResult[OpCoverage]:
     """One row per distinct op of `ep` (as captured or already decomposed), in graph order.
 
     `onnx` / `openvino` say whether every occurrence converts after dynexport's
-    decompositions and the backend's own; a backend op that cannot be traced back to an op
-    of `ep` gets a row of its own.
+    decompositions and the backend's own, with the custom-op translations of `registry`
+    (None: the default registry); a backend op that cannot be traced back to an op of `ep`
+    gets a row of its own. `.notes` on the result says where the answer is weaker.
     """
-    analysis = _analyze(ep, BACKENDS)
-    index = _node_index(ep.graph_module)
+    analysis = _analyze(ep, BACKENDS, registry)
+    index = graph_index(ep.graph_module)
     nodes_by_op: dict[str, list[torch.fx.Node]] = defaultdict(list)
     for node in _op_nodes(ep.graph_module):
         nodes_by_op[op_name(node.target)].append(node)
@@ -249,13 +225,13 @@ def op_coverage(ep: ExportedProgram) -> list[OpCoverage]:
     failing: dict[str, set[Backend]] = defaultdict(set)
     for backend, nodes in analysis.failures.items():
         for node in nodes:
-            origin = _origin(node, index)
-            name = op_name(origin.target) if origin is not None else _node_op(node)
+            source = origin(node, index)
+            name = op_name(source.target) if source is not None else _node_op(node)
             failing[name].add(backend)
-            if origin is None:
+            if source is None:
                 nodes_by_op[name].append(node)
 
-    return [
+    return CoverageResult([
         OpCoverage(
             op=name,
             count=len(nodes),
@@ -265,27 +241,28 @@ def op_coverage(ep: ExportedProgram) -> list[OpCoverage]:
             location=_location(nodes),
         )
         for name, nodes in nodes_by_op.items()
-    ]
+    ], analysis.notes)
 
 
-def unsupported_ops(ep: ExportedProgram,
-                    backends: Sequence[Backend] = BACKENDS) -> list[UnsupportedOp]:
-    """Every op a backend cannot lower in `decompose(ep)`, named as that backend sees it,
-    one record per op, backend and user line."""
-    analysis = _analyze(ep, backends)
-    index = _node_index(ep.graph_module)
+def unsupported_ops(ep: ExportedProgram, backends: Sequence[Backend] = BACKENDS,
+                    registry: OpRegistry | None = None) -> CoverageResult[UnsupportedOp]:
+    """Every op a backend cannot lower in `decompose(ep)` with the custom-op translations of
+    `registry` (None: the default registry), named as that backend sees it, one record per
+    op, backend and user line. `.notes` on the result says where the answer is weaker."""
+    analysis = _analyze(ep, backends, registry)
+    index = graph_index(ep.graph_module)
     groups: Counter[tuple[Backend, str, SourceLocation | None]] = Counter()
     for backend, nodes in analysis.failures.items():
         for node in nodes:
-            origin = _origin(node, index)
-            loc = _location([node] + ([origin] if origin is not None else []))
+            source = origin(node, index)
+            loc = _location([node] + ([source] if source is not None else []))
             groups[(backend, _node_op(node), loc)] += 1
-    return [
+    return CoverageResult([
         UnsupportedOp(op=op, backend=backend, count=count,
                       file=loc.file if loc else None, line=loc.line if loc else None,
                       code=loc.code if loc else None)
         for (backend, op, loc), count in groups.items()
-    ]
+    ], analysis.notes)
 
 
 _BACKEND_NAMES = {"onnx": "ONNX (torch.onnx)", "openvino": "OpenVINO"}
@@ -345,14 +322,18 @@ def _exception_text(exc: BaseException) -> str:
 
 
 def translate_backend_error(exc: BaseException, backend: Backend,
-                            program: ExportedProgram | None = None
+                            program: ExportedProgram | None = None,
+                            registry: OpRegistry | None = None
                             ) -> list[UnsupportedOp] | None:
     """The unsupported ops a raw exporter exception names, or None if it names none.
 
     With `program`, each op found there gets its count and the user's line; ops the backend
     produced by its own decomposition are not in the program and keep file/line None (the
-    preflight, `unsupported_ops`, locates those too).
+    preflight, `unsupported_ops`, locates those too). `registry` (the one the failed
+    conversion used; None: the default) is checked for type only: the error text alone
+    names the ops.
     """
+    resolve(registry)
     text = _exception_text(exc)
     if backend == "onnx":
         names = [f"{m['op']}.{m['ov']}" if m["op"] else m["other"].strip()
@@ -378,13 +359,18 @@ def translate_backend_error(exc: BaseException, backend: Backend,
 
 
 def coverage_table(rows: list[OpCoverage]) -> Table:
-    """The `python -m dynexport ops` table: op, count, ONNX, OpenVINO, decomposed, source."""
+    """The `python -m dynexport ops` table: op, count, ONNX, OpenVINO, decomposed, source;
+    the `notes` of an `op_coverage` result as its caption."""
+    from rich.markup import escape
     from rich.table import Table  # rich is needed only for the CLI table
 
     def mark(ok: bool) -> str:
         return "[green]✓[/]" if ok else "[bold red]✗[/]"
 
-    table = Table(title="Operator coverage", show_lines=False)
+    notes = getattr(rows, "notes", [])
+    table = Table(title="Operator coverage", show_lines=False,
+                  caption="\n".join(f"[yellow]note:[/] {escape(n)}" for n in notes) or None,
+                  caption_justify="left")
     table.add_column("op", style="cyan", no_wrap=True)
     table.add_column("count", justify="right")
     table.add_column("ONNX", justify="center")

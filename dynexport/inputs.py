@@ -3,7 +3,6 @@ probe (a second, different input) that catches values baked into the graph."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,12 +33,6 @@ class Inputs:
             if isinstance(leaf, torch.Tensor):
                 names.append(key_path_name(path[1:]) if path else "input")
         return names
-
-
-def eager_call(model: torch.nn.Module, method: str = "forward") -> Callable[[Inputs], Any]:
-    """The reference: the user's model, called on an Inputs the way the script says."""
-    function = getattr(model, method)
-    return lambda inputs: function(*inputs.args, **inputs.kwargs)
 
 
 def key_path_name(path: tuple) -> str:

@@ -1,59 +1,47 @@
-"""Runs the stages in order — load, capture, decompose, onnx, openvino, verify, precision,
-serving, benchmark — times each, keeps the artifacts of those that succeeded, and always writes
-the report."""
+"""Walks the stages in order, records ok/failed/skipped for each, then runs the hazard step on
+the evidence they left and always writes the report.
+
+The pipeline knows no stage's policy: each stage module defines its Stage (what it needs, when
+it is requested, what it does). A stage fails by raising; an exception that comes from
+dynexport's own code (not from the user's model, torch or a backend) is reported as a dynexport
+bug, with the traceback written next to the report under --debug."""
 
 from __future__ import annotations
 
 import os
-import re
 import time
-import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
-import torch
-
-from dynexport.backends.onnx import to_onnx
-from dynexport.backends.openvino import save_openvino, to_openvino
-from dynexport.benchmark import benchmark
-from dynexport.capture import CaptureError, capture
-from dynexport.coverage import (
-    OpCoverage,
-    op_coverage,
-    translate_backend_error,
-    unsupported_op_hazards,
-    unsupported_ops,
+from dynexport.benchmark import BENCHMARK_STAGE, BenchmarkRecord
+from dynexport.capture import CAPTURE_STAGE, Capture
+from dynexport.conversion import (
+    DECOMPOSE_STAGE,
+    ONNX_STAGE,
+    OPENVINO_STAGE,
+    ConversionFailure,
+    Decomposed,
 )
-from dynexport.decompositions import decompose
-from dynexport.hazards.baked_constant import baked_constant_hazards
-from dynexport.hazards.collect import find_hazards
-from dynexport.inputs import Inputs, eager_call, flatten_outputs
-from dynexport.precision import Precision, apply_precision
+from dynexport.coverage import OpCoverage, op_coverage, unsupported_ops
+from dynexport.eager import EAGER_STAGE, EagerRun
+from dynexport.errors import format_traceback, summary
+from dynexport.hazards.evidence import Evidence
+from dynexport.hazards.find import find_hazards
+from dynexport.hazards.handled import find_handled
+from dynexport.precision import PRECISION_STAGE, PrecisionResult
 from dynexport.quiet import quiet_torch
-from dynexport.report import Report, StageRecord
-from dynexport.runtimes import DEFAULT_OPENVINO_CONFIG, OnnxRuntimeRunner, OpenVINORunner, Runner
-from dynexport.script import Script, ScriptError, load_script
-from dynexport.serving import Layout, ServingRecord, model_name, write_ovms, write_triton
-from dynexport.verify import verify
+from dynexport.report import Report
+from dynexport.script import Script, ScriptError, ScriptLoader, load_script, load_stage
+from dynexport.serving import SERVING_STAGE, Served
+from dynexport.stage import Options, Run, Stage, StageFailed, StageRecord
+from dynexport.verify import VERIFY_STAGE
 
-TARGETS = ("onnx", "openvino")
+__all__ = ["Options", "StageObserver", "run", "script_coverage", "stages"]
 
-
-@dataclass
-class Options:
-    """What the user asked for on the command line."""
-
-    out_dir: Path
-    targets: tuple[str, ...] = TARGETS
-    verify: bool = True
-    bench: bool = False
-    device: str = "CPU"
-    openvino_config: dict[str, Any] | None = None  # None: f32 pinned (runtimes.py)
-    precision: Precision = "f32"  # f32: verification's model is the one that ships
-    layouts: tuple[Layout, ...] = ()  # serving repositories to write
+_PACKAGE = Path(__file__).resolve().parent
+# Exception types that mean a mistake in code, not a refusal: raised inside dynexport, a bug.
+_BUG_TYPES = (AttributeError, NameError, KeyError, IndexError, AssertionError,
+              ZeroDivisionError, RecursionError, UnboundLocalError)
 
 
 class StageObserver(Protocol):
@@ -62,75 +50,166 @@ class StageObserver(Protocol):
     def finished(self, record: StageRecord, error: BaseException | None) -> None: ...
 
 
-class StageFailed(RuntimeError):
-    """A stage could not do its job; the message is the report's error text."""
-
-
-@dataclass
-class _Run:
-    report: Report
-    observer: StageObserver | None
-    artifacts: dict[str, Path] = field(default_factory=dict)
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[StageRecord]:
-        record = StageRecord(name=name, status="ok")
-        if self.observer:
-            self.observer.started(name)
-        start = time.perf_counter()
-        error: BaseException | None = None
-        try:
-            yield record
-        except ScriptError:
-            record.status, record.error = "failed", "the script is unusable"
-            raise
-        except Exception as exc:  # a failed stage is recorded; later stages still run
-            error = exc
-            record.status, record.error = "failed", _error_text(exc)
-        finally:
-            record.seconds = round(time.perf_counter() - start, 3)
-            self.report.stages.append(record)
-            if self.observer:
-                self.observer.finished(record, error)
-
-    def skip(self, name: str, reason: str) -> None:
-        record = StageRecord(name=name, status="skipped", error=reason)
-        self.report.stages.append(record)
-        if self.observer:
-            self.observer.finished(record, None)
-
-
-def remembered(call: Callable[[Inputs], Any]) -> Callable[[Inputs], Any]:
-    """`call` run once per Inputs object: the hazard pass's watched eager run and verification
-    share one eager run per input (a FlashOcc M0 frame is ~4 s of eager time). Not for timing."""
-    results: dict[int, tuple[Inputs, Any]] = {}
-
-    def run(inputs: Inputs) -> Any:
-        if id(inputs) not in results:
-            results[id(inputs)] = (inputs, call(inputs))  # the Inputs kept: ids stay unique
-        return results[id(inputs)][1]
-
-    return run
-
-
-ScriptLoader = Callable[[str | os.PathLike, list[str]], Script]
+def stages(loader: ScriptLoader = load_script) -> list[Stage]:
+    """Every stage, in the order they run."""
+    return [load_stage(loader), EAGER_STAGE, CAPTURE_STAGE, DECOMPOSE_STAGE, ONNX_STAGE,
+            OPENVINO_STAGE, VERIFY_STAGE, PRECISION_STAGE, SERVING_STAGE, BENCHMARK_STAGE]
 
 
 def run(script_path: str | os.PathLike, script_args: list[str], options: Options,
-        observer: StageObserver | None = None, loader: ScriptLoader = load_script) -> Report:
-    """Run every stage on the script; raise ScriptError (after writing the report, where the
-    script exists) when the script is unusable. `loader` turns the path and its arguments into
-    a Script (a SCRIPT.py by default; an integration may read a config instead)."""
-    report = Report(script=str(script_path))
-    state = _Run(report, observer)
+        observer: StageObserver | None = None, loader: ScriptLoader = load_script,
+        debug: bool = False) -> Report:
+    """Run every requested stage on the script; raise ScriptError (after writing the report,
+    where the script exists) when the script is unusable."""
+    state = Run(str(script_path), list(script_args), options)
     options.out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        with state.stage("load"):
-            script = loader(script_path, script_args)
-        _run_stages(state, script, options)
+        execute(state, stages(loader), observer, debug)
     finally:
+        report = build_report(state, evidence(state))
         if Path(script_path).is_file():
             report.write(options.out_dir)
+    return report
+
+
+def execute(state: Run, plan: list[Stage], observer: StageObserver | None = None,
+            debug: bool = False) -> Run:
+    """Run `plan`'s stages on `state` in order. A ScriptError (the script is unusable, exit
+    status 2), from whichever stage calls the script's functions, ends the run."""
+    for stage in plan:
+        _run_stage(state, stage, observer, debug)
+        if isinstance(state.errors.get(stage.name), ScriptError):
+            raise state.errors[stage.name]
+    return state
+
+
+def _run_stage(state: Run, stage: Stage, observer: StageObserver | None, debug: bool) -> None:
+    why_not = stage.requested(state.options)
+    if why_not == "":
+        return  # not part of this run
+    why_not = why_not or _missing_needs(state, stage)
+    if why_not:
+        _record(state, observer, StageRecord(stage.name, "skipped", error=why_not), None)
+        return
+    if observer:
+        observer.started(stage.name)
+    start = time.perf_counter()
+    record = StageRecord(stage.name, "ok")
+    error: BaseException | None = None
+    try:
+        state.results[stage.name] = result = stage.run(state)
+        record.artifact = getattr(result, "artifact", None)
+    except Exception as exc:  # a failed stage is recorded; later stages still run
+        error = state.errors[stage.name] = exc
+        record.status, record.error = "failed", _error_text(exc, state, stage.name, debug)
+    record.seconds = round(time.perf_counter() - start, 3)
+    _record(state, observer, record, error)
+
+
+def _record(state: Run, observer: StageObserver | None, record: StageRecord,
+            error: BaseException | None) -> None:
+    state.records.append(record)
+    if observer:
+        observer.finished(record, error)
+
+
+def _missing_needs(state: Run, stage: Stage) -> str | None:
+    for need in stage.needs:
+        if state.status(need) != "ok":
+            return f"needs {need}, which {_state_words(state.status(need))}"
+    if stage.needs_any and not any(state.status(n) == "ok" for n in stage.needs_any):
+        return f"needs a converted model ({' or '.join(stage.needs_any)}); none was converted"
+    return None
+
+
+def _state_words(status: str | None) -> str:
+    return {"failed": "failed", "skipped": "was skipped"}.get(status, "was not requested")
+
+
+def _error_text(exc: BaseException, state: Run, stage: str, debug: bool) -> str:
+    if isinstance(exc, ScriptError):
+        return "the script is unusable"
+    if not _is_dynexport_bug(exc):
+        return str(exc) if isinstance(exc, StageFailed) else summary(exc, max_lines=12,
+                                                                     max_chars=2000)
+    text = (f"dynexport bug: {summary(exc)} (in dynexport's own code, not your model; please "
+            "report it with report.json")
+    if debug:
+        path = state.options.out_dir / f"traceback_{stage}.txt"
+        path.write_text(format_traceback(exc))
+        text += f" and {path}"
+    return text + ")"
+
+
+def _is_dynexport_bug(exc: BaseException) -> bool:
+    """A mistake-type exception raised by a frame of dynexport's own package."""
+    if not isinstance(exc, _BUG_TYPES):
+        return False
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(
+        _PACKAGE)
+
+
+def evidence(state: Run) -> Evidence:
+    """What the stages left, for the hazard and handled steps."""
+    script = state.result("load", Script)
+    eager = state.evidence("eager", EagerRun)
+    decomposed = state.result("decompose", Decomposed)
+    failures = [failure for backend in ("onnx", "openvino")
+                if (failure := state.evidence(backend, ConversionFailure)) is not None]
+    return Evidence(
+        model=script.model if script else None,
+        method=script.method if script else "forward",
+        known=list(script.hazards) if script else [],
+        conversions=eager.conversions if eager else [],
+        outputs=[leaf for outputs in eager.outputs.values() for leaf in outputs] if eager else [],
+        capture=state.evidence("capture", Capture),
+        unsupported_ops=[op for failure in failures for op in failure.unsupported_ops],
+        notes=[note for failure in failures for note in failure.notes],
+        verification=state.results.get("verify") or [],
+        example=script.example if script else None,
+        replaced=decomposed.replaced if decomposed else [])
+
+
+def build_report(state: Run, facts: Evidence) -> Report:
+    served = state.result("serving", Served)
+    benchmark = state.results.get("benchmark") or []
+    return Report(
+        script=state.script_path,
+        capture_strategy=facts.capture.strategy if facts.capture else None,
+        stages=state.records,
+        hazards=find_hazards(facts),
+        handled=find_handled(facts),
+        unsupported_ops=facts.unsupported_ops,
+        verification=facts.verification,
+        benchmark=[r for r in benchmark if isinstance(r, BenchmarkRecord)],
+        precision=state.result("precision", PrecisionResult),
+        serving=served.records if served else [],
+        notes=facts.notes)
+
+
+def explain_evidence(script: Script) -> tuple[Run, Evidence]:
+    """The hazard-finding part of the pipeline (eager, capture) on an already loaded script,
+    with the coverage preflight in place of the conversions."""
+    state = Run(str(script.path), [], Options(out_dir=Path(".")))
+    state.results["load"] = script
+    state.records.append(StageRecord("load", "ok"))
+    execute(state, [EAGER_STAGE, CAPTURE_STAGE])
+    facts = evidence(state)
+    captured = state.result("capture", Capture)
+    if captured is not None:
+        with quiet_torch():
+            facts.unsupported_ops = unsupported_ops(captured.program)
+        facts.notes += facts.unsupported_ops.notes
+    return state, facts
+
+
+def explain(script: Script) -> Report:
+    """dynexport.explain(): every hazard found without converting."""
+    report = build_report(*explain_evidence(script))
+    report.script = type(script.model).__name__
     return report
 
 
@@ -138,162 +217,10 @@ def script_coverage(script_path: str | os.PathLike, script_args: list[str]) -> l
     """`python -m dynexport ops`: which ops of the script's model each backend can lower,
     without converting. Raises ScriptError for an unusable script, CaptureError when nothing
     can be captured."""
+    from dynexport.capture import capture
+
     script = load_script(script_path, script_args)
     captured = capture(script.model, script.example, script.dynamic_shapes, script.method)
     with quiet_torch():
         return op_coverage(captured.program)
 
-
-def _run_stages(state: _Run, script: Script, options: Options) -> None:
-    report, out = state.report, options.out_dir
-    report.hazards += script.hazards
-    program = None
-    eager = eager_call(script.model, script.method)
-    reference = remembered(eager)
-    with state.stage("capture"):
-        try:
-            captured = capture(script.model, script.example, script.dynamic_shapes, script.method)
-        except CaptureError as exc:
-            captured = exc.capture
-            raise StageFailed(str(exc)) from exc
-        finally:
-            report.capture_strategy = captured.strategy
-            report.hazards += find_hazards(reference, [script.example, script.probe], captured,
-                                           script.model, script.method)
-    if report.capture_strategy is None:
-        for name in ("decompose", *options.targets, "verify"):
-            state.skip(name, "nothing was captured")
-        return
-    with state.stage("decompose") as record, quiet_torch():
-        program = decompose(captured.program)
-        pt2 = out / "exported.pt2"
-        torch.export.save(program, pt2)
-        record.artifact = str(pt2)
-    if program is None:
-        for name in (*options.targets, "verify"):
-            state.skip(name, "decomposition failed")
-        return
-    if "onnx" in options.targets:
-        with state.stage("onnx") as record, _naming_unsupported_ops(report, program, "onnx"):
-            record.artifact = str(to_onnx(program, out / "model.onnx"))
-            state.artifacts["onnx"] = Path(record.artifact)
-    if "openvino" in options.targets:
-        with state.stage("openvino") as record, \
-                _naming_unsupported_ops(report, program, "openvino"):
-            record.artifact = str(save_openvino(to_openvino(program), out / "openvino"))
-            state.artifacts["openvino"] = Path(record.artifact)
-    if not state.artifacts:
-        state.skip("verify", "no converted model to verify")
-        return
-    runners: list[Runner] = []
-    if options.verify:
-        with state.stage("verify"):
-            runners = _runners(state.artifacts, options)
-            report.verification = verify(reference, runners,
-                                         {"example": script.example, "probe": script.probe})
-            report.hazards += baked_constant_hazards(report.verification, script.model,
-                                                     script.method)
-    else:
-        state.skip("verify", "--no-verify")
-    if not options.bench:
-        runners = []  # their sessions (~1 GB for FlashOcc M0) would sit idle through the rest
-    variants = _precision_stage(state, script, options, reference)
-    if options.layouts:
-        with state.stage("serving") as record:
-            report.serving = _serving(state, script, options)
-            record.artifact = report.serving[0].repository if report.serving else None
-    if options.bench:
-        with state.stage("benchmark"):
-            report.benchmark = benchmark(
-                eager, (runners or _runners(state.artifacts, options)) + variants, script.example)
-
-
-def _precision_stage(state: _Run, script: Script, options: Options,
-                     reference: Callable[[Inputs], Any]) -> list[Runner]:
-    """--precision other than f32: the reduced-precision OpenVINO model, timed and compared
-    with f32 (verification stays on f32). Returns its runner for the benchmark stage."""
-    if options.precision == "f32":
-        return []
-    if "openvino" not in state.artifacts:
-        state.skip("precision", f"--precision {options.precision} needs the openvino target")
-        return []
-    with state.stage("precision") as record:
-        calibration = script.calibration() if script.calibration else [script.example,
-                                                                      script.probe]
-        names = [name for name, _ in flatten_outputs(reference(script.example))]
-        result, runner = apply_precision(
-            options.precision, state.artifacts["openvino"], options.out_dir,
-            {"example": script.example, "probe": script.probe}, calibration, names,
-            options.device)
-        state.report.precision = result
-        record.artifact = result.artifact
-        if result.artifact:
-            state.artifacts["openvino_variant"] = Path(result.artifact)
-        return [runner]
-    return []  # the stage failed; its record says why
-
-
-def _serving(state: _Run, script: Script, options: Options) -> list[ServingRecord]:
-    """The --layout repositories, from the artifacts that verification (and --precision)
-    measured: OVMS gets the --precision IR and its compile config."""
-    name = model_name(Path(script.path).stem)
-    written = []
-    for layout in options.layouts:
-        needed = "openvino" if layout == "ovms" else "onnx"
-        if needed not in state.artifacts:
-            raise StageFailed(f"--layout {layout} needs the {needed} target (--to {needed})")
-        if layout == "ovms":
-            precision = state.report.precision
-            xml = state.artifacts.get("openvino_variant", state.artifacts["openvino"])
-            config = precision.openvino_config if precision else (
-                options.openvino_config or DEFAULT_OPENVINO_CONFIG)
-            written.append(write_ovms(xml, options.out_dir / "ovms", name, config))
-        else:
-            written.append(write_triton(state.artifacts["onnx"], options.out_dir / "triton",
-                                        name))
-    return written
-
-
-@contextmanager
-def _naming_unsupported_ops(report: Report, program, backend: str) -> Iterator[None]:
-    """A failed conversion becomes `unsupported_ops` records and hazards at the user's lines
-    (the coverage preflight, run only then: a conversion that succeeds needs no second pass),
-    and the stage error names the ops instead of the exporter's raw exception."""
-    try:
-        yield
-    except Exception as exc:
-        with quiet_torch():
-            found = unsupported_ops(program, (backend,)) or \
-                translate_backend_error(exc, backend, program)
-        if not found:
-            raise
-        report.unsupported_ops += found
-        report.hazards += unsupported_op_hazards(found)
-        names = ", ".join(sorted({op.op for op in found}))
-        raise StageFailed(f"{backend} cannot lower {names} (see unsupported_ops); "
-                          f"{_error_text(exc).splitlines()[0][:200]}") from exc
-
-
-def _runners(artifacts: dict[str, Path], options: Options) -> list[Runner]:
-    runners: list[Runner] = []
-    if "onnx" in artifacts:
-        runners.append(OnnxRuntimeRunner(artifacts["onnx"]))
-    if "openvino" in artifacts:
-        runners.append(OpenVINORunner(artifacts["openvino"], options.device,
-                                      options.openvino_config))
-    return runners
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def _error_text(exc: BaseException) -> str:
-    text = _ANSI.sub("", str(exc)).strip() or type(exc).__name__
-    if not isinstance(exc, StageFailed):
-        text = f"{type(exc).__name__}: {text}"
-    lines = text.splitlines()
-    return "\n".join(lines[:12]) + ("\n…" if len(lines) > 12 else "")
-
-
-def format_traceback(exc: BaseException) -> str:
-    return "".join(traceback.format_exception(exc))

@@ -38,9 +38,13 @@ from typing import Literal
 
 import numpy as np
 
-from dynexport.benchmark import timings
+from dynexport.conversion import Converted
+from dynexport.eager import EagerRun
 from dynexport.inputs import Inputs
-from dynexport.runtimes import DEFAULT_OPENVINO_CONFIG, OpenVINORunner, to_numpy
+from dynexport.isolation import run_isolated
+from dynexport.runtimes import DEFAULT_OPENVINO_CONFIG, OpenVINORunner, timings, to_numpy
+from dynexport.script import Script
+from dynexport.stage import Run, Stage
 
 Precision = Literal["f32", "bf16", "int8", "fp16-weights"]
 PRECISIONS: tuple[Precision, ...] = ("f32", "bf16", "int8", "fp16-weights")
@@ -171,6 +175,12 @@ class Comparison:
     max_abs_diff: float
     label_agreement: float | None  # labels (integers) or argmax over the last axis; else None
 
+    COLUMNS = ("inputs", "output", "max abs diff", "label agreement")
+
+    def cells(self) -> tuple[str, ...]:
+        agreement = "" if self.label_agreement is None else f"{100 * self.label_agreement:.2f} %"
+        return (self.inputs, self.output, f"{self.max_abs_diff:.3g}", agreement)
+
 
 @dataclass
 class PrecisionResult:
@@ -188,6 +198,12 @@ class PrecisionResult:
     not_quantized: list[str] | None = None  # int8: the index math, left in f32
     comparisons: list[Comparison] = field(default_factory=list)
 
+    def summary(self) -> str:
+        return (f"OpenVINO computes in {self.inference_precision}: {self.median_ms:.2f} ms "
+                f"against {self.f32_median_ms:.2f} ms at f32 ({self.speedup:.2f}× faster)"
+                + (f"; calibrated on {self.calibration_samples} inputs"
+                   if self.calibration_samples else "") + ".")
+
     def to_json(self) -> dict:
         data = asdict(self)
         data["not_quantized"] = None if self.not_quantized is None else len(self.not_quantized)
@@ -196,18 +212,13 @@ class PrecisionResult:
                 comparison["max_abs_diff"] = None
         return data
 
-    @property
-    def min_label_agreement(self) -> float | None:
-        values = [c.label_agreement for c in self.comparisons if c.label_agreement is not None]
-        return min(values) if values else None
-
 
 def apply_precision(precision: Precision, f32_xml: str | os.PathLike, out_dir: str | os.PathLike,
                     inputs: dict[str, Inputs], calibration: Sequence[Inputs],
                     output_names: Sequence[str] | None = None, device: str = "CPU",
-                    runs: int = 5) -> tuple[PrecisionResult, OpenVINORunner]:
+                    runs: int = 5) -> PrecisionResult:
     """Produce `precision` from the f32 IR, time it and compare it with f32 on `inputs`.
-    `calibration` feeds int8 quantisation. Returns the result and the runner (for --bench)."""
+    `calibration` feeds int8 quantisation."""
     if precision == "f32":
         raise ValueError("f32 is what verification pins; there is nothing to convert")
     f32_xml, out_dir = Path(f32_xml), Path(out_dir)
@@ -224,7 +235,6 @@ def apply_precision(precision: Precision, f32_xml: str | os.PathLike, out_dir: s
                              ignored)
     reference = OpenVINORunner(f32_xml, device)
     runner = OpenVINORunner(artifact or f32_xml, device, config)
-    runner.precision = precision
     comparisons = []
     for kind, values in inputs.items():
         feeds = to_numpy(values.tensors())
@@ -236,13 +246,12 @@ def apply_precision(precision: Precision, f32_xml: str | os.PathLike, out_dir: s
     f32_ms = statistics.median(timings(lambda: reference.run(feeds), runs))
     variant_ms = statistics.median(timings(lambda: runner.run(feeds), runs))
     inference_precision = str(runner.compiled.get_property("INFERENCE_PRECISION_HINT"))
-    result = PrecisionResult(
+    return PrecisionResult(
         precision=precision, artifact=str(artifact) if artifact else None,
         openvino_config=config, inference_precision=_type_name(inference_precision),
         f32_median_ms=round(f32_ms, 3), median_ms=round(variant_ms, 3),
         speedup=round(f32_ms / variant_ms, 3), runs=runs, calibration_samples=samples,
         not_quantized=ignored, comparisons=comparisons)
-    return result, runner
 
 
 def _compare(kind: str, name: str, expected: np.ndarray, actual: np.ndarray) -> Comparison:
@@ -302,3 +311,23 @@ def _quantize(f32_xml: Path, target: Path, calibration: Sequence[Inputs],
     target.parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(quantized, target, compress_to_fp16=False)
     return target
+
+
+# --- the stage ---------------------------------------------------------------------------------
+
+def _run(run: Run) -> PrecisionResult:
+    """--precision other than f32: calibrates on get_calibration_inputs() if the script has it,
+    else on the example and the probe; in a child process like every runtime."""
+    script, eager = run.result("load", Script), run.result("eager", EagerRun)
+    f32 = run.result("openvino", Converted)
+    inputs = {"example": script.example, "probe": script.probe}
+    calibration = script.calibration() if script.calibration else list(inputs.values())
+    names = eager.output_names() if eager else None
+    return run_isolated(
+        lambda: apply_precision(run.options.precision, f32.artifact, run.options.out_dir,
+                                inputs, calibration, names, run.options.device),
+        f"--precision {run.options.precision}", run.options.isolate)
+
+
+PRECISION_STAGE = Stage("precision", _run, needs=("openvino",),
+                        requested=lambda options: "" if options.precision == "f32" else None)

@@ -1,42 +1,38 @@
-"""The Report: what every stage did, every hazard found, every comparison made (contract §3).
+"""The Report: what every stage did, every hazard found, what dynexport handled by itself and
+every comparison made (contract §3).
 
-It renders itself as report.json, report.md, in a terminal (rich) and in Jupyter (HTML)."""
+Each record knows its columns and cells (`COLUMNS`, `cells()`) and its JSON (`to_json()`); a
+`Section` renders a list of records as markdown, rich and HTML alike, and the Report composes
+the sections, so the four renderings (report.json, report.md, terminal, Jupyter) cannot
+drift apart."""
 
 from __future__ import annotations
 
 import html
 import json
-import math
 import os
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
 from dynexport.benchmark import BenchmarkRecord
-from dynexport.hazards import Hazard, UnsupportedOp
+from dynexport.hazards.records import Handled, Hazard, UnsupportedOp, where
 from dynexport.precision import PrecisionResult
 from dynexport.serving import ServingRecord
+from dynexport.stage import StageRecord
 from dynexport.verify import Verification
 
 SCHEMA = "dynexport.report/1"
-StageName = Literal["load", "capture", "decompose", "onnx", "openvino", "verify", "precision",
-                    "serving", "benchmark"]
-StageStatus = Literal["ok", "failed", "skipped"]
 _VERSIONED = ("dynexport", "torch", "onnx", "onnxruntime", "openvino")
-
-
-@dataclass
-class StageRecord:
-    name: StageName
-    status: StageStatus
-    seconds: float = 0.0
-    artifact: str | None = None
-    error: str | None = None
+# Words of a cell that colour its row in a terminal.
+_STYLES = {"ok": "green", "yes": "green", "failed": "red", "NO": "red", "skipped": "dim",
+           "error": "red", "warning": "yellow"}
 
 
 def installed_versions(names: tuple[str, ...] = _VERSIONED) -> dict[str, str | None]:
@@ -50,6 +46,64 @@ def installed_versions(names: tuple[str, ...] = _VERSIONED) -> dict[str, str | N
     return versions
 
 
+@dataclass
+class Section:
+    """A titled table of records; every rendering of the report is made of these."""
+
+    title: str
+    columns: tuple[str, ...]
+    rows: list[tuple[str, ...]]
+    note: str | None = None  # a sentence under the title
+    details: list[str | None] = field(default_factory=list)  # raw text per row, HTML folds it
+
+    @classmethod
+    def of(cls, title: str, records: Sequence[Any], note: str | None = None) -> Section:
+        return cls(title, type(records[0]).COLUMNS if records else (),
+                   [record.cells() for record in records], note,
+                   [getattr(record, "detail", None) for record in records])
+
+    def to_markdown(self) -> list[str]:
+        lines = [f"## {self.title}", ""]
+        if self.note:
+            lines += [self.note, ""]
+        if self.rows:
+            lines += ["| " + " | ".join(self.columns) + " |",
+                      "|" + "---|" * len(self.columns)]
+            lines += ["| " + " | ".join(_md_cell(cell) for cell in row) + " |"
+                      for row in self.rows]
+            lines.append("")
+        return lines
+
+    def __rich__(self) -> Table | Text:
+        if not self.rows:
+            return Text(f"{self.title}: {self.note or 'none'}",
+                        style="green" if self.title == "Hazards" else "")
+        table = Table(title=self.title + (f": {self.note}" if self.note else ""),
+                      title_justify="left")
+        for column in self.columns:
+            table.add_column(column)
+        for row in self.rows:
+            table.add_row(*(Text(_first_line(cell), style=_STYLES.get(cell.split(" ")[0], ""))
+                            for cell in row))
+        return table
+
+    def _repr_html_(self) -> str:
+        head = f"<h4>{html.escape(self.title)}</h4>"
+        if self.note:
+            head += f"<p>{html.escape(self.note)}</p>"
+        if not self.rows:
+            return head
+        header = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
+        details = self.details or [None] * len(self.rows)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row[:-1])
+            + f"<td>{html.escape(row[-1])}"
+            + (f"<details><summary>torch says</summary><pre>{html.escape(detail)}</pre>"
+               "</details>" if detail else "") + "</td></tr>"
+            for row, detail in zip(self.rows, details, strict=True))
+        return f"{head}<table><tr>{header}</tr>{body}</table>"
+
+
 @dataclass(repr=False)
 class Report:
     """Everything dynexport learnt about one model."""
@@ -58,12 +112,14 @@ class Report:
     capture_strategy: str | None = None
     stages: list[StageRecord] = field(default_factory=list)
     hazards: list[Hazard] = field(default_factory=list)
+    handled: list[Handled] = field(default_factory=list)
     unsupported_ops: list[UnsupportedOp] = field(default_factory=list)
     verification: list[Verification] = field(default_factory=list)
     benchmark: list[BenchmarkRecord] = field(default_factory=list)
     precision: PrecisionResult | None = None  # --precision other than f32
     serving: list[ServingRecord] = field(default_factory=list)  # --layout
     versions: dict[str, str | None] = field(default_factory=installed_versions)
+    notes: list[str] = field(default_factory=list)  # what a stage could only judge partly
 
     @property
     def ok(self) -> bool:
@@ -72,11 +128,29 @@ class Report:
                 and all(record.passed for record in self.verification)
                 and not any(hazard.severity == "error" for hazard in self.hazards))
 
-    def stage(self, name: str) -> StageRecord | None:
-        return next((s for s in self.stages if s.name == name), None)
-
     def sorted_hazards(self) -> list[Hazard]:
         return sorted(self.hazards, key=lambda h: h.sort_key)
+
+    def sections(self) -> list[Section]:
+        """The report's tables, in reading order; empty optional ones left out."""
+        sections = [Section.of("Stages", self.stages)] if self.stages else []
+        sections.append(Section.of("Hazards", self.sorted_hazards(),
+                                   None if self.hazards else "none found"))
+        optional = [
+            ("Handled by dynexport", self.handled, None),
+            ("Unsupported ops", self.unsupported_ops, None),
+            ("Verification against eager PyTorch", self.verification, None),
+            ("Serving", self.serving, None),
+            ("Benchmark", self.benchmark, None),
+        ]
+        if self.precision is not None:
+            optional.insert(3, (f"Precision {self.precision.precision} against f32",
+                                self.precision.comparisons, self.precision.summary()))
+        sections += [Section.of(title, records, note) for title, records, note in optional
+                     if records]
+        if self.notes:
+            sections.append(Section("Notes", ("note",), [(note,) for note in self.notes]))
+        return sections
 
     # --- renderings -------------------------------------------------------------------------
     def to_json(self) -> dict:
@@ -86,17 +160,21 @@ class Report:
             "ok": self.ok,
             "versions": self.versions,
             "capture": {"strategy": self.capture_strategy},
-            "stages": [asdict(stage) for stage in self.stages],
+            "stages": [stage.to_json() for stage in self.stages],
             "hazards": [hazard.to_json() for hazard in self.sorted_hazards()],
             "unsupported_ops": [op.to_json() for op in self.unsupported_ops],
-            "verification": [_finite(record.to_json()) for record in self.verification],
+            "verification": [record.to_json() for record in self.verification],
             "benchmark": [record.to_json() for record in self.benchmark],
         }
-        # Optional keys (contract §3): present only when --precision / --layout asked for them.
+        # Optional keys (contract §3, §6): present only when there is something to say.
+        if self.handled:
+            data["handled"] = [item.to_json() for item in self.handled]
         if self.precision is not None:
-            data["precision"] = _finite(self.precision.to_json())
+            data["precision"] = self.precision.to_json()
         if self.serving:
             data["serving"] = [record.to_json() for record in self.serving]
+        if self.notes:
+            data["notes"] = list(self.notes)
         return data
 
     def write(self, directory: str | os.PathLike) -> tuple[Path, Path]:
@@ -108,65 +186,31 @@ class Report:
         md_path.write_text(self.to_markdown())
         return json_path, md_path
 
+    def _headline(self) -> str:
+        return (f"Result: {'OK' if self.ok else 'FAILED'}"
+                + (f" — captured with {self.capture_strategy} export"
+                   if self.capture_strategy else ""))
+
     def to_markdown(self) -> str:
         lines = [f"# dynexport report: {self.script or 'model'}", "",
-                 f"**Result: {'OK' if self.ok else 'FAILED'}**"
-                 + (f" — captured with `{self.capture_strategy}` export"
-                    if self.capture_strategy else ""), ""]
-        if self.stages:
-            lines += ["## Stages", "", "| stage | status | seconds | artifact | error |",
-                      "|---|---|---|---|---|"]
-            lines += [f"| {s.name} | {s.status} | {s.seconds:.2f} | {s.artifact or ''} | "
-                      f"{_md_cell(s.error)} |" for s in self.stages]
-            lines.append("")
-        lines += ["## Hazards", ""]
-        if self.hazards:
-            lines += ["| severity | category | location | code | message | fix |",
-                      "|---|---|---|---|---|---|"]
-            lines += [f"| {h.severity} | {h.category} | {_where(h.file, h.line)} | "
-                      f"`{_md_cell(h.code)}` | {_md_cell(h.message)} | {_md_cell(h.fix)} |"
-                      for h in self.sorted_hazards()]
-        else:
-            lines.append("None found.")
-        lines.append("")
-        if self.unsupported_ops:
-            lines += ["## Unsupported ops", "", "| op | backend | count | location |",
-                      "|---|---|---|---|"]
-            lines += [f"| `{u.op}` | {u.backend} | {u.count} | {_where(u.file, u.line)} |"
-                      for u in self.unsupported_ops]
-            lines.append("")
-        if self.verification:
-            lines += ["## Verification against eager PyTorch", "",
-                      "| runtime | inputs | output | max abs diff | max rel diff | passed |",
-                      "|---|---|---|---|---|---|"]
-            lines += [f"| {v.runtime} | {v.inputs} | {v.output} | {v.max_abs_diff:.3g} | "
-                      f"{v.max_rel_diff:.3g} | {'yes' if v.passed else 'NO'} |"
-                      + (f" {_md_cell(v.error)}" if v.error else "")
-                      for v in self.verification]
-            lines.append("")
-        if self.precision is not None:
-            p = self.precision
-            lines += [f"## Precision {p.precision} against f32", "",
-                      f"OpenVINO computes in {p.inference_precision}: {p.median_ms:.2f} ms "
-                      f"against {p.f32_median_ms:.2f} ms at f32 ({p.speedup:.2f}× faster)"
-                      + (f"; calibrated on {p.calibration_samples} inputs"
-                         if p.calibration_samples else "") + ".", "",
-                      "| inputs | output | max abs diff | label agreement |", "|---|---|---|---|"]
-            lines += [f"| {c.inputs} | {c.output} | {c.max_abs_diff:.3g} | "
-                      f"{_percent(c.label_agreement)} |" for c in p.comparisons]
-            lines.append("")
-        if self.serving:
-            lines += ["## Serving", "", "| layout | repository | model |", "|---|---|---|"]
-            lines += [f"| {s.layout} | {s.repository} | {s.model} |" for s in self.serving]
-            lines.append("")
-        if self.benchmark:
-            lines += ["## Benchmark", "", "| runtime | precision | median ms | min ms | max ms | "
-                      "runs |", "|---|---|---|---|---|---|"]
-            lines += [f"| {b.runtime} | {b.precision or ''} | {b.median_ms:.2f} | "
-                      f"{_ms(b.min_ms)} | {_ms(b.max_ms)} | {b.runs} |" for b in self.benchmark]
-            lines.append("")
+                 f"**{self._headline()}**", ""]
+        for section in self.sections():
+            lines += section.to_markdown()
         lines += ["## Versions", "", ", ".join(f"{k} {v}" for k, v in self.versions.items()), ""]
         return "\n".join(lines)
+
+    def __rich__(self) -> Group:
+        parts: list[Any] = [Text(self._headline(),
+                                 style="bold green" if self.ok else "bold red")]
+        for section in self.sections():
+            parts.append(_rich_hazards(self.sorted_hazards()) if section.title == "Hazards"
+                         and self.hazards else section)
+        return Group(*parts)
+
+    def _repr_html_(self) -> str:
+        status = html.escape(self._headline())
+        return (f"<div><h3>dynexport: {status}</h3>"
+                + "".join(section._repr_html_() for section in self.sections()) + "</div>")
 
     def __repr__(self) -> str:
         errors = sum(h.severity == "error" for h in self.hazards)
@@ -177,118 +221,25 @@ class Report:
     def __str__(self) -> str:
         return self.to_markdown()
 
-    def __rich__(self) -> Group:
-        parts: list = [Text(f"Result: {'OK' if self.ok else 'FAILED'}",
-                            style="bold green" if self.ok else "bold red")]
-        if self.stages:
-            parts.append(_table("Stages", ("stage", "status", "seconds", "artifact / error"), [
-                (s.name, Text(s.status, style=_STATUS_STYLE[s.status]), f"{s.seconds:.2f}",
-                 s.error.splitlines()[0][:120] if s.error else (s.artifact or ""))
-                for s in self.stages]))
-        parts.append(self._rich_hazards())
-        if self.unsupported_ops:
-            parts.append(_table("Unsupported ops", ("op", "backend", "count", "location"), [
-                (u.op, u.backend, str(u.count), _where(u.file, u.line, short=True))
-                for u in self.unsupported_ops]))
-        if self.verification:
-            parts.append(_table(
-                "Verification against eager PyTorch",
-                ("runtime", "inputs", "output", "max abs", "max rel", "passed"),
-                [(v.runtime, v.inputs, v.output, f"{v.max_abs_diff:.3g}", f"{v.max_rel_diff:.3g}",
-                  Text("yes", style="green") if v.passed else
-                  Text("NO" + (f" ({v.error})" if v.error else ""), style="red"))
-                 for v in self.verification]))
-        if self.precision is not None:
-            p = self.precision
-            parts.append(_table(
-                f"Precision {p.precision} against f32: {p.speedup:.2f}× faster "
-                f"({p.median_ms:.1f} ms vs {p.f32_median_ms:.1f} ms, computes in "
-                f"{p.inference_precision})",
-                ("inputs", "output", "max abs diff", "label agreement"),
-                [(c.inputs, c.output, f"{c.max_abs_diff:.3g}", _percent(c.label_agreement))
-                 for c in p.comparisons]))
-        if self.serving:
-            parts.append(_table("Serving", ("layout", "repository", "model"),
-                                [(s.layout, s.repository, s.model) for s in self.serving]))
-        if self.benchmark:
-            parts.append(_table(
-                "Benchmark", ("runtime", "precision", "median ms", "min ms", "max ms", "runs"),
-                [(b.runtime, b.precision or "", f"{b.median_ms:.2f}", _ms(b.min_ms),
-                  _ms(b.max_ms), str(b.runs)) for b in self.benchmark]))
-        return Group(*parts)
 
-    def _rich_hazards(self) -> Text:
-        if not self.hazards:
-            return Text("Hazards: none found", style="green")
-        text = Text(f"Hazards ({len(self.hazards)})\n", style="bold")
-        for h in self.sorted_hazards():
-            text.append(f"{h.severity:7} ", style="red" if h.severity == "error" else "yellow")
-            text.append(f"{h.category}  ", style="bold")
-            text.append(_where(h.file, h.line, short=True) + "\n", style="cyan")
-            if h.code:
-                text.append(f"        {h.code}\n", style="dim")
-            text.append(f"        {h.message}\n")
-            text.append(f"        fix: {h.fix}\n", style="green")
-        return text
-
-    def _repr_html_(self) -> str:
-        status = "OK" if self.ok else "FAILED"
-        rows = "".join(
-            f"<tr><td>{h.severity}</td><td>{h.category}</td>"
-            f"<td>{html.escape(_where(h.file, h.line, short=True))}</td>"
-            f"<td><code>{html.escape(h.code or '')}</code></td>"
-            f"<td>{html.escape(h.message)}<br><b>Fix:</b> {html.escape(h.fix)}"
-            + (f"<details><summary>torch says</summary><pre>{html.escape(h.detail)}</pre>"
-               "</details>" if h.detail else "")
-            + "</td></tr>" for h in self.sorted_hazards())
-        hazards = (f"<table><tr><th>severity</th><th>category</th><th>location</th><th>code</th>"
-                   f"<th>message and fix</th></tr>{rows}</table>" if rows
-                   else "<p>No hazards found.</p>")
-        ops = "".join(f"<li><code>{html.escape(u.op)}</code> ({u.backend}, ×{u.count}) at "
-                      f"{html.escape(_where(u.file, u.line, short=True))}</li>"
-                      for u in self.unsupported_ops)
-        checks = "".join(f"<tr><td>{v.runtime}</td><td>{v.inputs}</td><td>{html.escape(v.output)}"
-                         f"</td><td>{v.max_abs_diff:.3g}</td><td>{'yes' if v.passed else 'NO'}"
-                         "</td></tr>" for v in self.verification)
-        return (f"<div><h3>dynexport: {status}</h3>{hazards}"
-                + (f"<h4>Unsupported ops</h4><ul>{ops}</ul>" if ops else "")
-                + (f"<h4>Verification</h4><table><tr><th>runtime</th><th>inputs</th>"
-                   f"<th>output</th><th>max abs diff</th><th>passed</th></tr>{checks}</table>"
-                   if checks else "") + "</div>")
+def _rich_hazards(hazards: list[Hazard]) -> Text:
+    """Hazards read better in a terminal as a list than as a table with long cells."""
+    text = Text(f"Hazards ({len(hazards)})\n", style="bold")
+    for h in hazards:
+        text.append(f"{h.severity:7} ", style=_STYLES[h.severity])
+        text.append(f"{h.category}  ", style="bold")
+        text.append(where(h.file, h.line, short=True) + "\n", style="cyan")
+        if h.code:
+            text.append(f"        {h.code}\n", style="dim")
+        text.append(f"        {h.message}\n")
+        text.append(f"        fix: {h.fix}\n", style="green")
+    return text
 
 
-_STATUS_STYLE = {"ok": "green", "failed": "red", "skipped": "dim"}
+def _first_line(cell: str) -> str:
+    first = cell.splitlines()[0] if cell else ""
+    return first[:160] + ("…" if len(first) > 160 or "\n" in cell else "")
 
 
-def _table(title: str, columns: tuple[str, ...], rows: list[tuple]) -> Table:
-    table = Table(title=title, title_justify="left")
-    for column in columns:
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*row)
-    return table
-
-
-def _where(file: str | None, line: int | None, short: bool = False) -> str:
-    if not file:
-        return ""
-    name = Path(file).name if short else file
-    return f"{name}:{line}" if line else name
-
-
-def _percent(value: float | None) -> str:
-    return "" if value is None else f"{100 * value:.2f} %"
-
-
-def _ms(value: float | None) -> str:
-    return "" if value is None else f"{value:.2f}"
-
-
-def _md_cell(text: str | None) -> str:
-    return (text or "").replace("|", "\\|").replace("\n", " ")
-
-
-def _finite(data: dict) -> dict:
-    """JSON has no infinity: a comparison that could not run is recorded as null."""
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-            for k, v in data.items()}
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", "<br>")

@@ -4,6 +4,8 @@ share them so both measure the same thing."""
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -21,6 +23,18 @@ class Runner(Protocol):
 
 def to_numpy(tensors: list[torch.Tensor]) -> list[np.ndarray]:
     return [t.detach().cpu().contiguous().numpy() for t in tensors]
+
+
+def timings(call: Callable[[], object], runs: int, warmup: int = 2) -> list[float]:
+    """Milliseconds of `runs` calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
 
 
 def default_threads() -> int:
@@ -70,6 +84,14 @@ class OpenVINORunner:
         _check_count(self.name, len(self.compiled.inputs), len(inputs))
         results = self.request.infer(inputs, share_inputs=False)
         return [np.array(results[output]) for output in self.compiled.outputs]
+
+
+def open_runner(runtime: str, artifact: str | os.PathLike, device: str = "CPU",
+                config: dict | None = None) -> Runner:
+    """A runner of `runtime` ("onnxruntime" or "openvino") on the artifact at `artifact`."""
+    if runtime == "onnxruntime":
+        return OnnxRuntimeRunner(artifact)
+    return OpenVINORunner(Path(artifact), device, config)
 
 
 def _check_count(runtime: str, expected: int, given: int) -> None:

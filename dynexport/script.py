@@ -8,7 +8,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +17,10 @@ from typing import Any
 import torch
 from torch.utils import _pytree as pytree
 
+from dynexport.errors import where_raised
 from dynexport.hazards.records import Hazard
 from dynexport.inputs import Inputs, InputStructureError, make_probe, normalize_inputs
+from dynexport.stage import Stage
 
 _SCRIPT_HELP = ("A dynexport script defines `get_model()` returning a torch.nn.Module and "
                 "`get_inputs()` returning example inputs (see the contract, section 2).")
@@ -37,7 +38,6 @@ class Script:
     model: torch.nn.Module
     example: Inputs
     probe: Inputs
-    probe_is_generated: bool
     dynamic_shapes: Any = None
     method: str = "forward"
     # get_calibration_inputs (optional), called only by --precision int8.
@@ -84,7 +84,6 @@ def _load(path: Path) -> Script:
     if getattr(module, "get_calibration_inputs", None) is not None:
         calibration = lambda: _calibration_inputs(module, path, example)  # noqa: E731
     return Script(path=path, model=model, example=example, probe=probe,
-                  probe_is_generated=not has_probe,
                   dynamic_shapes=getattr(module, "dynamic_shapes", None), method=method,
                   calibration=calibration)
 
@@ -171,6 +170,13 @@ def _calibration_inputs(module: ModuleType, path: Path, example: Inputs) -> list
 
 
 def _summary(exc: BaseException) -> str:
-    frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
-    where = f" at {Path(frame.filename).name}:{frame.lineno}" if frame else ""
-    return f"{type(exc).__name__}: {exc}{where}"
+    return f"{type(exc).__name__}: {exc}{where_raised(exc)}"
+
+
+ScriptLoader = Callable[[str | os.PathLike, list[str]], Script]
+
+
+def load_stage(loader: ScriptLoader = load_script) -> Stage:
+    """The load stage: `loader` turns the script's path and arguments into a Script (a
+    SCRIPT.py by default; an integration may read a config instead)."""
+    return Stage("load", lambda run: loader(run.script_path, run.script_args))

@@ -17,9 +17,14 @@ import json
 import os
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+from dynexport.conversion import Converted
+from dynexport.precision import PrecisionResult
+from dynexport.runtimes import DEFAULT_OPENVINO_CONFIG
+from dynexport.stage import Run, Stage, StageFailed
 
 Layout = Literal["ovms", "triton"]
 LAYOUTS: tuple[Layout, ...] = ("ovms", "triton")
@@ -40,8 +45,24 @@ class ServingRecord:
     repository: str  # the folder to point the server at
     model: str  # the model file inside it
 
+    COLUMNS = ("layout", "repository", "model")
+
     def to_json(self) -> dict:
         return {"layout": self.layout, "repository": self.repository, "model": self.model}
+
+    def cells(self) -> tuple[str, ...]:
+        return (self.layout, self.repository, self.model)
+
+
+@dataclass
+class Served:
+    """The serving stage's result: every repository written."""
+
+    records: list[ServingRecord] = field(default_factory=list)
+
+    @property
+    def artifact(self) -> str | None:
+        return self.records[0].repository if self.records else None
 
 
 def model_name(stem: str) -> str:
@@ -89,8 +110,8 @@ def triton_config(model, name: str) -> str:
     initializers = {init.name for init in model.graph.initializer}
     inputs = [value for value in model.graph.input if value.name not in initializers]
     lines = [f"name: {json.dumps(name)}", 'backend: "onnxruntime"', "max_batch_size: 0"]
-    for field, values in (("input", inputs), ("output", model.graph.output)):
-        lines.append(f"{field} [")
+    for kind, values in (("input", inputs), ("output", model.graph.output)):
+        lines.append(f"{kind} [")
         entries = []
         for value in values:
             tensor = value.type.tensor_type
@@ -115,3 +136,30 @@ def _fresh(folder: Path) -> None:
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
+
+
+def _run(run: Run) -> Served:
+    """The --layout repositories, from the artifacts that verification (and --precision)
+    measured: OVMS gets the --precision IR and its compile config."""
+    name = model_name(Path(run.script_path).stem)
+    out = run.options.out_dir
+    served = Served()
+    for layout in run.options.layouts:
+        needed = "openvino" if layout == "ovms" else "onnx"
+        converted = run.result(needed, Converted)
+        if converted is None:
+            raise StageFailed(f"--layout {layout} needs the {needed} target (--to {needed}), "
+                              "which was not converted")
+        if layout == "ovms":
+            precision = run.result("precision", PrecisionResult)
+            xml = (precision.artifact if precision and precision.artifact
+                   else converted.artifact)
+            config = precision.openvino_config if precision else DEFAULT_OPENVINO_CONFIG
+            served.records.append(write_ovms(xml, out / "ovms", name, config))
+        else:
+            served.records.append(write_triton(converted.artifact, out / "triton", name))
+    return served
+
+
+SERVING_STAGE = Stage("serving", _run,
+                      requested=lambda options: None if options.layouts else "")

@@ -1,19 +1,26 @@
 """Verify stage: run each converted model on the example and the probe inputs and compare
-every output with eager PyTorch on the same inputs."""
+every output with eager PyTorch's output on the same inputs (from the eager stage).
+
+Each runtime runs in a child process (isolation.py): a runtime that crashes while compiling
+or running fails its own records, not dynexport."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from dynexport.inputs import Inputs, flatten_outputs
-from dynexport.runtimes import Runner, to_numpy
-
-InputKind = Literal["example", "probe"]
+from dynexport.eager import EagerRun
+from dynexport.errors import summary
+from dynexport.inputs import Inputs
+from dynexport.isolation import NativeCrash, run_isolated
+from dynexport.names import InputKind, RuntimeName
+from dynexport.runtimes import Runner, open_runner, to_numpy
+from dynexport.script import Script
+from dynexport.stage import Run, Stage
 
 # (rtol, atol as a fraction of the output's largest magnitude) per reference dtype. float64 gets
 # float32's: OpenVINO's CPU plugin and several onnxruntime kernels compute float64 in float32.
@@ -27,95 +34,186 @@ MIN_INTEGER_AGREEMENT = 0.999
 
 
 @dataclass
+class Comparison:
+    """One output against its reference: differences, label agreement for integer outputs,
+    and, when it fails for a reason other than the values, that reason."""
+
+    max_abs_diff: float
+    max_rel_diff: float
+    passed: bool
+    label_agreement: float | None = None  # integer outputs: share of equal elements
+    reason: str | None = None  # e.g. "shape (0, 4) instead of eager's (300, 4)"
+
+    @classmethod
+    def of(cls, reference: Any, actual: Any) -> Comparison:
+        """Compare `actual` with `reference` (arrays or tensors).
+
+        NaN and infinity count as equal where both sides have the same one (a singular matrix
+        inverts to inf/nan in every runtime); anywhere else they fail. float32 pairs are
+        compared in float32: 20× faster on FlashOcc M0's 11.5 M logits."""
+        reference, actual = _array(reference), _array(actual)
+        if reference.shape != actual.shape:
+            return cls(float("inf"), float("inf"), False, reason=(
+                f"shape {tuple(actual.shape)} instead of eager's {tuple(reference.shape)}"))
+        integer = reference.dtype.kind in "biu"
+        if reference.size == 0:
+            return cls(0.0, 0.0, True, 1.0 if integer else None)
+        work = np.float32 if reference.dtype == actual.dtype == np.float32 else np.float64
+        ref = reference.astype(work, copy=False)
+        act = actual.astype(work, copy=False)
+        magnitude = np.abs(ref)
+        if np.isfinite(ref).all() and np.isfinite(act).all():
+            diff = np.abs(ref - act)
+        else:
+            same_nonfinite = (np.isnan(ref) & np.isnan(act)) | ((ref == act) & np.isinf(ref))
+            with np.errstate(invalid="ignore"):
+                diff = np.nan_to_num(np.where(same_nonfinite, 0.0, np.abs(ref - act)),
+                                     nan=np.inf)
+            magnitude = np.where(np.isfinite(ref), magnitude, 0.0)
+        max_abs = float(diff.max())
+        scale = float(magnitude.max())
+        max_rel = max_abs / scale if scale > 0 else max_abs
+        if integer:
+            agreement = float((diff == 0).mean())
+            return cls(max_abs, max_rel, agreement >= MIN_INTEGER_AGREEMENT, agreement)
+        rtol, atol = _FLOAT_TOLERANCE.get(reference.dtype,
+                                          _FLOAT_TOLERANCE[np.dtype(np.float16)])
+        magnitude *= rtol  # in place: the tolerance array reuses the magnitude's memory
+        magnitude += atol * max(scale, 1.0)
+        return cls(max_abs, max_rel, bool((diff <= magnitude).all()))
+
+
+def compare(reference: Any, actual: Any) -> Comparison:
+    return Comparison.of(reference, actual)
+
+
+@dataclass
 class Verification:
     """One output of one runtime on one input, compared with eager PyTorch."""
 
-    runtime: str
+    runtime: RuntimeName
     inputs: InputKind
     output: str
     max_abs_diff: float
     max_rel_diff: float
     passed: bool
-    error: str | None = None
+    label_agreement: float | None = None
+    error: str | None = None  # why it failed, when not by its values
+    runtime_failed: bool = False  # the runtime raised or crashed: no values were compared
+
+    COLUMNS = ("runtime", "inputs", "output", "max abs", "max rel", "labels agree", "passed")
+
+    @classmethod
+    def from_comparison(cls, runtime: RuntimeName, inputs: InputKind, output: str,
+                        comparison: Comparison) -> Verification:
+        return cls(runtime, inputs, output, comparison.max_abs_diff, comparison.max_rel_diff,
+                   comparison.passed, comparison.label_agreement, comparison.reason)
 
     def to_json(self) -> dict:
-        data = asdict(self)
-        data.pop("error")
+        data = {"runtime": self.runtime, "inputs": self.inputs, "output": self.output,
+                "max_abs_diff": _finite(self.max_abs_diff),
+                "max_rel_diff": _finite(self.max_rel_diff), "passed": self.passed}
+        if self.label_agreement is not None:
+            data["label_agreement"] = self.label_agreement
+        if self.error:
+            data["error"] = self.error
         return data
 
-
-def compare(reference: np.ndarray, actual: np.ndarray) -> tuple[float, float, bool]:
-    """(max_abs_diff, max_rel_diff relative to the reference's largest magnitude, passed).
-
-    NaN and infinity count as equal where both sides have the same one (a singular matrix
-    inverts to inf/nan in every runtime); anywhere else they fail. float32 pairs are compared
-    in float32: 20× faster on FlashOcc M0's 11.5 M logits (1.3 s → 0.06 s per comparison)."""
-    reference, actual = np.asarray(reference), np.asarray(actual)
-    if reference.shape != actual.shape:
-        return float("inf"), float("inf"), False
-    if reference.size == 0:
-        return 0.0, 0.0, True
-    work = np.float32 if reference.dtype == actual.dtype == np.float32 else np.float64
-    ref = reference.astype(work, copy=False)
-    act = actual.astype(work, copy=False)
-    magnitude = np.abs(ref)
-    if np.isfinite(ref).all() and np.isfinite(act).all():
-        diff = np.abs(ref - act)
-    else:
-        same_nonfinite = (np.isnan(ref) & np.isnan(act)) | ((ref == act) & np.isinf(ref))
-        with np.errstate(invalid="ignore"):
-            diff = np.nan_to_num(np.where(same_nonfinite, 0.0, np.abs(ref - act)), nan=np.inf)
-        magnitude = np.where(np.isfinite(ref), magnitude, 0.0)
-    max_abs = float(diff.max())
-    scale = float(magnitude.max())
-    max_rel = max_abs / scale if scale > 0 else max_abs
-    if reference.dtype.kind in "biu":
-        return max_abs, max_rel, float((diff == 0).mean()) >= MIN_INTEGER_AGREEMENT
-    rtol, atol = _FLOAT_TOLERANCE.get(reference.dtype, _FLOAT_TOLERANCE[np.dtype(np.float16)])
-    magnitude *= rtol  # in place: the tolerance array reuses the magnitude's memory
-    magnitude += atol * max(scale, 1.0)
-    return max_abs, max_rel, bool((diff <= magnitude).all())
+    def cells(self) -> tuple[str, ...]:
+        agreement = "" if self.label_agreement is None else f"{100 * self.label_agreement:.2f} %"
+        verdict = "yes" if self.passed else "NO" + (f" ({self.error})" if self.error else "")
+        return (self.runtime, self.inputs, self.output, f"{self.max_abs_diff:.3g}",
+                f"{self.max_rel_diff:.3g}", agreement, verdict)
 
 
-def reference_outputs(eager: Callable[[Inputs], Any], inputs: Inputs) -> list[tuple[str, Any]]:
-    """Eager outputs, flattened and named."""
-    with torch.no_grad():
-        return flatten_outputs(eager(inputs))
-
-
-def verify(eager: Callable[[Inputs], Any], runners: list[Runner],
+def verify(expected: dict[InputKind, list[tuple[str, Any]]], runner: Runner,
            inputs: dict[InputKind, Inputs], repeats: int = 2) -> list[Verification]:
-    """Compare every runner with eager on every named input; each runner runs `repeats` times
-    per input and the worst difference counts (multi-threaded kernels may race)."""
+    """Compare `runner` with eager's `expected` outputs on every named input; the runner runs
+    `repeats` times per input and the worst difference counts (multi-threaded kernels may
+    race)."""
     records: list[Verification] = []
     for kind, values in inputs.items():
-        expected = reference_outputs(eager, values)
-        feeds = to_numpy(values.tensors())
-        for runner in runners:
-            records.extend(_verify_runner(runner, kind, feeds, expected, repeats))
+        records += _verify_input(runner, kind, to_numpy(values.tensors()), expected[kind],
+                                 repeats)
     return records
 
 
-def _verify_runner(runner: Runner, kind: InputKind, feeds: list[np.ndarray],
-                   expected: list[tuple[str, Any]], repeats: int) -> list[Verification]:
+def _verify_input(runner: Runner, kind: InputKind, feeds: list[np.ndarray],
+                  expected: list[tuple[str, Any]], repeats: int) -> list[Verification]:
     worst: dict[str, Verification] = {}
     for _ in range(repeats):
         try:
             outputs = runner.run(feeds)
         except Exception as exc:  # a runtime refusing an input is a verification failure
-            message = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}"
-            return [Verification(runner.name, kind, name, float("inf"), float("inf"), False,
-                                 error=message) for name, _ in expected]
+            return failed_records(runner.name, kind, expected, summary(exc))
         if len(outputs) != len(expected):
-            return [Verification(runner.name, kind, name, float("inf"), float("inf"), False,
-                                 error=f"{runner.name} returned {len(outputs)} outputs, eager "
-                                       f"{len(expected)}") for name, _ in expected]
-        for (name, reference), actual in zip(expected, outputs, strict=False):
-            if not isinstance(reference, torch.Tensor):
-                reference = torch.as_tensor(np.asarray(reference))
-            abs_diff, rel_diff, passed = compare(reference.detach().cpu().numpy(), actual)
+            return failed_records(runner.name, kind, expected,
+                                  f"{runner.name} returned {len(outputs)} outputs, eager "
+                                  f"{len(expected)}")
+        for (name, reference), actual in zip(expected, outputs, strict=True):
+            record = Verification.from_comparison(runner.name, kind, name,
+                                                  Comparison.of(reference, actual))
             previous = worst.get(name)
-            if previous is None or abs_diff > previous.max_abs_diff or not passed:
-                worst[name] = Verification(runner.name, kind, name, abs_diff, rel_diff,
-                                           passed and (previous is None or previous.passed))
+            if previous is None or (previous.passed and (
+                    not record.passed or record.max_abs_diff > previous.max_abs_diff)):
+                worst[name] = record
     return list(worst.values())
+
+
+def failed_records(runtime: RuntimeName, kind: InputKind, expected: list[tuple[str, Any]],
+                   error: str) -> list[Verification]:
+    return [Verification(runtime, kind, name, float("inf"), float("inf"), False, error=error,
+                         runtime_failed=True) for name, _ in expected]
+
+
+def _array(value: Any) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no infinity: a comparison that could not run is recorded as null."""
+    return value if np.isfinite(value) else None
+
+
+# --- the stage ------------------------------------------------------------------------------
+
+def verify_artifact(runtime: RuntimeName, artifact: Path, device: str,
+                    expected: dict[InputKind, list[tuple[str, Any]]],
+                    inputs: dict[InputKind, Inputs], isolate: bool = True) -> list[Verification]:
+    """Open `artifact` in `runtime` and verify it, in a child process: a crash while compiling
+    or running becomes failed records naming the signal."""
+    def opened_and_verified() -> list[Verification]:
+        try:
+            runner = open_runner(runtime, artifact, device)
+        except Exception as exc:  # a model the runtime cannot compile fails every record
+            return _failed_everywhere(runtime, expected, inputs, f"compiling: {summary(exc)}")
+        return verify(expected, runner, inputs)
+
+    try:
+        return run_isolated(opened_and_verified, f"{runtime} on {artifact.name}", isolate)
+    except NativeCrash as crash:
+        return _failed_everywhere(runtime, expected, inputs, str(crash))
+
+
+def _failed_everywhere(runtime: RuntimeName, expected: dict[InputKind, list[tuple[str, Any]]],
+                       inputs: dict[InputKind, Inputs], error: str) -> list[Verification]:
+    return [record for kind in inputs
+            for record in failed_records(runtime, kind, expected[kind], error)]
+
+
+def _run(run: Run) -> list[Verification]:
+    script, eager = run.result("load", Script), run.result("eager", EagerRun)
+    inputs = {"example": script.example, "probe": script.probe}
+    records: list[Verification] = []
+    for stage, runtime in (("onnx", "onnxruntime"), ("openvino", "openvino")):
+        artifact = run.results.get(stage)
+        if artifact is not None:
+            records += verify_artifact(runtime, Path(artifact.artifact), run.options.device,
+                                       eager.outputs, inputs, run.options.isolate)
+    return records
+
+
+VERIFY_STAGE = Stage("verify", _run, needs=("eager",), needs_any=("onnx", "openvino"),
+                     requested=lambda options: None if options.verify else "--no-verify")

@@ -32,7 +32,7 @@ def test_small_example_converts_and_verifies(cli, tmp_path):
     assert code == 0, stdout
     report = read_report(out)
     assert report["ok"] and report["capture"]["strategy"] == "strict"
-    assert [s["status"] for s in report["stages"]] == ["ok"] * 6
+    assert [s["status"] for s in report["stages"]] == ["ok"] * 7
     assert (out / "exported.pt2").is_file() and (out / "model.onnx").is_file()
     assert (out / "openvino" / "model.xml").is_file() and (out / "openvino" / "model.bin").is_file()
     assert (out / "report.md").read_text().startswith("# dynexport report")
@@ -68,8 +68,8 @@ def test_targets_and_no_verify(cli, tmp_path):
     code, _, _ = cli("--out", out, "--to", "onnx", "--no-verify", REPO / "examples" / "convnet.py")
     assert code == 0
     report = read_report(out)
-    assert [s["name"] for s in report["stages"]] == ["load", "capture", "decompose", "onnx",
-                                                     "verify"]
+    assert [s["name"] for s in report["stages"]] == ["load", "eager", "capture", "decompose",
+                                                     "onnx", "verify"]
     assert report["stages"][-1]["status"] == "skipped"
     assert not (out / "openvino").exists() and report["verification"] == []
 
@@ -83,12 +83,12 @@ def test_bench_fills_the_benchmark_section(cli, tmp_path):
 
 
 def test_failed_openvino_stage_keeps_onnx_and_report(cli, tmp_path, monkeypatch):
-    import dynexport.pipeline
+    import dynexport.conversion
 
     def broken(program):
         raise RuntimeError("injected OpenVINO failure")
 
-    monkeypatch.setattr(dynexport.pipeline, "to_openvino", broken)
+    monkeypatch.setattr(dynexport.conversion, "to_openvino", broken)
     out = tmp_path / "out"
     code, _, _ = cli("--out", out, REPO / "examples" / "convnet.py")
     assert code == 1
@@ -113,8 +113,8 @@ def test_capture_failure_is_a_failed_stage(cli, write_script, tmp_path):
     out = tmp_path / "out"
     assert cli("--out", out, script)[0] == 1
     report = read_report(out)
-    assert report["stages"][1]["status"] == "failed" and report["capture"]["strategy"] is None
-    assert {s["status"] for s in report["stages"][2:]} == {"skipped"}
+    assert report["stages"][2]["status"] == "failed" and report["capture"]["strategy"] is None
+    assert {s["status"] for s in report["stages"][3:]} == {"skipped"}
 
 
 @pytest.mark.parametrize("arguments, expected", [

@@ -8,6 +8,7 @@ import pytest
 import torch
 from rich.console import Console
 
+from dynexport.adapters import torch_onnx
 from dynexport.coverage import (
     coverage_table,
     op_coverage,
@@ -15,6 +16,7 @@ from dynexport.coverage import (
     unsupported_op_hazards,
     unsupported_ops,
 )
+from dynexport.custom_ops.registry import OpRegistry
 
 
 @torch.library.custom_op("dynexport_test::warp", mutates_args=())
@@ -73,6 +75,10 @@ def test_coverage_rows(rows):
     assert rows[EXP].location.file == __file__
     assert rows[EXP].location.line == line_of("matrix_exp")
     assert rows[EXP].location.code == "e = torch.linalg.matrix_exp(m)  # neither backend has it"
+
+
+def test_nothing_weakened_the_answer(records):
+    assert records.notes == []
 
 
 def test_unsupported_ops_name_op_backend_and_line(records):
@@ -146,3 +152,67 @@ def test_translate_locates_ops_present_in_the_program(program):
 
 def test_translate_ignores_unrelated_errors():
     assert translate_backend_error(ValueError("shape mismatch"), "onnx") is None
+
+
+def _warp_onnx(x):
+    from onnxscript import opset18 as op
+
+    return op.Add(x, x)
+
+
+class Warp(torch.nn.Module):
+    def forward(self, x):
+        return warp(x) + 1
+
+
+def test_a_scoped_registry_adds_translations():
+    program = torch.export.export(Warp(), (torch.randn(2, 3),))
+    scoped = OpRegistry()
+    scoped.register(warp, onnx=_warp_onnx)
+    assert WARP in {r.op for r in unsupported_ops(program, ("onnx",))}  # default registry
+    assert WARP not in {r.op for r in unsupported_ops(program, ("onnx",), registry=scoped)}
+
+
+class Small(torch.nn.Module):
+    def forward(self, m):
+        return torch.linalg.matrix_exp(m) + 1
+
+
+@pytest.fixture(scope="module")
+def small():
+    return torch.export.export(Small(), (torch.randn(3, 3),))
+
+
+def test_a_failed_onnx_preparation_is_a_note(small, monkeypatch):
+    def fails(program, registry):
+        raise RuntimeError("cannot decompose\nsecond line")
+
+    monkeypatch.setattr(torch_onnx, "prepare_for_export", fails)
+    records = unsupported_ops(small, ("onnx",))
+    assert [(r.op, r.backend) for r in records] == [(EXP, "onnx")]
+    assert records.notes == ["ONNX coverage is judged on the program as given: torch.onnx "
+                             "could not decompose it (RuntimeError: cannot decompose)"]
+    rows = op_coverage(small)
+    assert rows.notes == records.notes
+    console = Console(record=True, width=250)
+    console.print(coverage_table(rows))
+    assert f"note: {records.notes[0]}" in console.export_text()
+
+
+def test_a_failed_openvino_preparation_is_a_note(small, monkeypatch):
+    def fails(self, program):
+        raise RuntimeError("no table")
+
+    monkeypatch.setattr(OpRegistry, "openvino_decoder_input", fails)
+    records = unsupported_ops(small, ("openvino",))
+    assert [(r.op, r.backend) for r in records] == [(EXP, "openvino")]
+    assert len(records.notes) == 1 and records.notes[0].startswith("OpenVINO coverage is judged")
+
+
+def test_an_unexpected_error_is_not_swallowed(small, monkeypatch):
+    def broken(program, registry):
+        raise TypeError("an internal API changed")
+
+    monkeypatch.setattr(torch_onnx, "prepare_for_export", broken)
+    with pytest.raises(TypeError, match="internal API changed"):
+        unsupported_ops(small, ("onnx",))

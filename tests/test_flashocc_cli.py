@@ -18,7 +18,7 @@ def test_export_variant_converts_and_verifies(cli, tmp_path, ranks):
     code, report = _run(cli, tmp_path, "--ranks", ranks)
     assert code == 0, report["stages"]
     assert report["ok"] and not report["hazards"] and not report["unsupported_ops"]
-    assert [s["status"] for s in report["stages"]] == ["ok"] * 6
+    assert [s["status"] for s in report["stages"]] == ["ok"] * 7
     checked = {(v["runtime"], v["inputs"], v["output"]) for v in report["verification"]}
     assert checked == {(runtime, inputs, output) for runtime in ("onnxruntime", "openvino")
                        for inputs in ("example", "probe") for output in ("occupancy", "logits")}

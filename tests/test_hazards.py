@@ -249,18 +249,22 @@ def test_draft_failure_frames_resolve_through_torchs_intern_table():
 
     from torch._logging import structured
 
-    from dynexport.hazards.collect import draft_filenames
-    from dynexport.hazards.rules import from_draft_failure
+    from dynexport.hazards import data_dependent_branch
+    from dynexport.hazards.evidence import Evidence
 
     index = structured.intern_string(HERE)
-    report = SimpleNamespace(str_to_filename={})
     frame = {"filename": index, "line": line_of("branch-on-data"), "name": "forward"}
     failure = SimpleNamespace(failure_type=SimpleNamespace(name="DATA_DEPENDENT_ERROR"),
                               data={"user_stack": [frame], "expr": "u0 > 0", "result": "True"})
-    hazard = from_draft_failure(failure, draft_filenames(report))
+
+    def found(failures):
+        report = SimpleNamespace(str_to_filename={}, failures=failures)
+        return data_dependent_branch.from_draft(
+            Evidence(capture=SimpleNamespace(draft_report=report)))
+
+    (hazard,) = found([failure])
     assert (hazard.file, hazard.line, hazard.category) == (
         HERE, line_of("branch-on-data"), "data_dependent_branch")
     lost = dict(frame, filename=10**9)
-    assert from_draft_failure(SimpleNamespace(failure_type=failure.failure_type,
-                                              data=dict(failure.data, user_stack=[lost])),
-                              {}) is None
+    assert found([SimpleNamespace(failure_type=failure.failure_type,
+                                  data=dict(failure.data, user_stack=[lost]))]) == []

@@ -23,7 +23,6 @@ def test_loads_model_inputs_and_generated_probe(write_script):
     script = load_script(write_script(GOOD))
     assert isinstance(script.model, torch.nn.Linear)
     assert script.example.args[0].shape == (1, 4)
-    assert script.probe_is_generated
     assert not torch.equal(script.probe.args[0], script.example.args[0])
 
 

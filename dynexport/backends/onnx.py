@@ -10,19 +10,22 @@ import onnx
 import torch
 from torch.export import ExportedProgram
 
-from dynexport.backends.shape_env import isolated_shape_env
-from dynexport.custom_ops.registry import onnx_translation_table
+from dynexport.adapters.torch_export import isolated_shape_env
+from dynexport.custom_ops.registry import OpRegistry, resolve
 from dynexport.quiet import quiet_torch
 
 
-def to_onnx(program: ExportedProgram, path: str | os.PathLike) -> Path:
-    """Write `program` as a standard-ops ONNX model at `path` and check it; return the path."""
+def to_onnx(program: ExportedProgram, path: str | os.PathLike,
+            registry: OpRegistry | None = None) -> Path:
+    """Write `program` as a standard-ops ONNX model at `path` and check it; return the path.
+    Custom ops use the ONNX translations of `registry` (None: the default registry)."""
+    table = resolve(registry).onnx_translation_table()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with isolated_shape_env(program), quiet_torch():
         onnx_program = torch.onnx.export(
             program, (), dynamo=True, verbose=False,
-            custom_translation_table=onnx_translation_table(),
+            custom_translation_table=table,
             # Weights stay inside model.onnx unless the model is too large for one protobuf.
             external_data=False,
         )

@@ -7,20 +7,50 @@ import os
 from pathlib import Path
 
 import openvino as ov
+import torch
 from torch.export import ExportedProgram
+from torch.export.graph_signature import InputKind
 
-from dynexport.backends.shape_env import isolated_shape_env
-from dynexport.custom_ops.registry import openvino_decoder_input, openvino_extensions
+from dynexport.adapters.torch_export import isolated_shape_env
+from dynexport.custom_ops.registry import OpRegistry, resolve
 from dynexport.quiet import quiet_torch
 
 
-def to_openvino(program: ExportedProgram) -> ov.Model:
-    """Convert `program` to an in-memory openvino.Model."""
+def to_openvino(program: ExportedProgram, registry: OpRegistry | None = None) -> ov.Model:
+    """Convert `program` to an in-memory openvino.Model; custom ops use the OpenVINO
+    conversions of `registry` (None: the default registry)."""
+    registry = resolve(registry)
     with isolated_shape_env(program), quiet_torch():
         # Not convert_model(program): its decomposition would expand dynexport's custom ops
         # before their ConversionExtensions are consulted (see dynexport/custom_ops/README.md).
-        return ov.convert_model(openvino_decoder_input(program),
-                                extension=openvino_extensions() or None)
+        model = ov.convert_model(registry.openvino_decoder_input(program),
+                                 extension=registry.openvino_extensions() or None)
+    return _tensor_inputs_only(model, program)
+
+
+def _tensor_inputs_only(model: ov.Model, program: ExportedProgram) -> ov.Model:
+    """One Parameter per tensor input, named as the program (and the ONNX model) names it.
+
+    The frontend makes a Parameter for every user input of the program, non-tensor ones too
+    (mmdet's `return_loss=False` becomes a Parameter of dynamic rank and type that the CPU
+    plugin refuses to compile), and names them from the method's signature, which shifts
+    the names when keyword arguments hold several tensors. The program's inputs pair with the
+    Parameters in order."""
+    user_inputs = {spec.arg.name for spec in program.graph_signature.input_specs
+                   if spec.kind == InputKind.USER_INPUT}
+    placeholders = [node for node in program.graph.nodes
+                    if node.op == "placeholder" and node.name in user_inputs]
+    parameters = list(model.get_parameters())
+    if len(placeholders) != len(parameters):
+        return model  # not the pairing assumed here: leave the frontend's model as it is
+    for node, parameter in zip(placeholders, parameters, strict=True):
+        if isinstance(node.meta.get("val"), torch.Tensor):
+            parameter.set_friendly_name(node.name)
+            parameter.output(0).set_names({node.name})
+        elif not parameter.output(0).get_target_inputs():
+            model.remove_parameter(parameter)
+    model.validate_nodes_and_infer_types()
+    return model
 
 
 def save_openvino(model: ov.Model, directory: str | os.PathLike) -> Path:

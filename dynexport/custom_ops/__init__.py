@@ -1,10 +1,15 @@
 """dynexport's custom ops: each module holds one op's kernel, fake kernel, autograd,
 decomposition, ONNX translation and OpenVINO conversion side by side (see README.md here).
 
-Importing this package registers them; the backends read the translations from `registry`.
+Importing this package registers them in the default registry; `to_onnx`/`to_openvino` take
+an `OpRegistry` for scoped ones.
 """
 
 from dynexport.custom_ops import registry
 from dynexport.custom_ops.bev_pool import bev_pool_v2, prepare_bev_pool_v2
+from dynexport.custom_ops.bevfusion_bev_pool import bev_pool as bevfusion_bev_pool
+from dynexport.custom_ops.nms import batched_nms, nms
+from dynexport.custom_ops.registry import OpRegistry, default_registry
 
-__all__ = ["bev_pool_v2", "prepare_bev_pool_v2", "registry"]
+__all__ = ["OpRegistry", "batched_nms", "bev_pool_v2", "bevfusion_bev_pool", "default_registry",
+           "nms", "prepare_bev_pool_v2", "registry"]

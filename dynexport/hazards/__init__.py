@@ -1,5 +1,8 @@
-"""Hazards: what in the user's model breaks or silently changes deployment (contract §4)."""
+"""Hazards: what in the user's model breaks or silently changes deployment (contract §4).
 
-from dynexport.hazards.records import CATEGORIES, Hazard, SourceLocation, UnsupportedOp
+One module per category holds that category's rules (each a function of the Evidence the
+stages left); `find.find_hazards` runs them all once, after the stages."""
 
-__all__ = ["CATEGORIES", "Hazard", "SourceLocation", "UnsupportedOp"]
+from dynexport.hazards.records import Handled, Hazard, SourceLocation, UnsupportedOp
+
+__all__ = ["Handled", "Hazard", "SourceLocation", "UnsupportedOp"]

@@ -21,8 +21,13 @@ Kind = Literal["item", "int", "float", "bool", "tolist", "numpy", "size"]
 _CONVERSIONS: dict[str, Kind] = {
     "item": "item", "__int__": "int", "__index__": "int", "__float__": "float",
     "__bool__": "bool", "tolist": "tolist", "numpy": "numpy", "__array__": "numpy",
-    "__len__": "size", "size": "size", "numel": "size", "__get__": "size", "dim": "size",
+    "__len__": "size", "size": "size", "numel": "size", "__get__": "size",
+    # Python bools computed from data: `if torch.equal(a, b):` stops every capture strategy.
+    "equal": "bool", "allclose": "bool", "is_nonzero": "bool",
 }
+# Attribute reads (`__get__` of a tensor property) that are sizes; `t.is_quantized`, `t.dtype`
+# or `t.ndim` do not depend on how many elements a mask selected.
+_SIZE_PROPERTIES = {"shape"}
 # Ops whose output size depends on the values of their input.
 _DATA_DEPENDENT_SIZE = {"nonzero", "masked_select", "unique", "unique_consecutive", "argwhere",
                         "repeat_interleave"}
@@ -54,6 +59,9 @@ class _ConversionWatcher(TorchFunctionMode):
         name = getattr(func, "__name__", "")
         tensors = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
         kind = _CONVERSIONS.get(name)
+        if name == "__get__" and getattr(getattr(func, "__self__", None), "__name__",
+                                         None) not in _SIZE_PROPERTIES:
+            kind = None
         if kind is not None and tensors:
             self._record(kind, tensors[0])
         result = func(*args, **kwargs)

@@ -2,22 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Literal
+from dataclasses import dataclass
+from pathlib import Path
 
-Category = Literal[
-    "data_dependent_branch",
-    "tensor_to_python",
-    "numpy_conversion",
-    "non_tensor_output",
-    "unsupported_op",
-    "graph_break",
-    "shape_specialization",
-    "baked_constant",
-]
-CATEGORIES: tuple[str, ...] = Category.__args__  # type: ignore[attr-defined]
-Severity = Literal["error", "warning"]
-Backend = Literal["onnx", "openvino"]
+from dynexport.names import Backend, Category, Severity
 
 
 @dataclass(frozen=True)
@@ -27,6 +15,14 @@ class SourceLocation:
     file: str
     line: int
     code: str
+
+
+def where(file: str | None, line: int | None, short: bool = False) -> str:
+    """`file:line` (the file's name alone when `short`), or '' without a file."""
+    if not file:
+        return ""
+    name = Path(file).name if short else file
+    return f"{name}:{line}" if line else name
 
 
 @dataclass
@@ -41,11 +37,17 @@ class Hazard:
     message: str
     fix: str
     detail: str | None = None  # the raw torch/backend message, folded away in renderings
+    rule: str | None = None  # which rule found it ("module.function"); not in report.json
+
+    COLUMNS = ("severity", "category", "location", "code", "message", "fix")
 
     def to_json(self) -> dict:
-        data = asdict(self)
-        data.pop("detail")
-        return data
+        return {"category": self.category, "severity": self.severity, "file": self.file,
+                "line": self.line, "code": self.code, "message": self.message, "fix": self.fix}
+
+    def cells(self) -> tuple[str, ...]:
+        return (self.severity, self.category, where(self.file, self.line, short=True),
+                self.code or "", self.message, self.fix)
 
     @property
     def sort_key(self) -> tuple:
@@ -63,6 +65,29 @@ class UnsupportedOp:
     line: int | None = None
     code: str | None = None
 
+    COLUMNS = ("op", "backend", "count", "location")
+
     def to_json(self) -> dict:
         return {"op": self.op, "backend": self.backend, "count": self.count,
                 "file": self.file, "line": self.line}
+
+    def cells(self) -> tuple[str, ...]:
+        return (self.op, self.backend, str(self.count), where(self.file, self.line, short=True))
+
+
+@dataclass
+class Handled:
+    """Something that would have broken export and that dynexport fixed by itself."""
+
+    what: str
+    file: str | None = None
+    line: int | None = None
+    code: str | None = None
+
+    COLUMNS = ("what dynexport handled", "location", "code")
+
+    def to_json(self) -> dict:
+        return {"what": self.what, "file": self.file, "line": self.line, "code": self.code}
+
+    def cells(self) -> tuple[str, ...]:
+        return (self.what, where(self.file, self.line, short=True), self.code or "")

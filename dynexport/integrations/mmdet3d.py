@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from dynexport.errors import one_line
 from dynexport.hazards.records import Hazard
 from dynexport.inputs import Inputs
 from dynexport.integrations import mmcv_standin
@@ -175,7 +176,7 @@ def _registered() -> None:
 
         register_all_modules(init_default_scope=True)
     except Exception as exc:
-        raise ScriptError(f"Importing the OpenMMLab stack failed ({_summary(exc)}). Check "
+        raise ScriptError(f"Importing the OpenMMLab stack failed ({one_line(exc)}). Check "
                           f"that its versions match constraints-mmdet3d.txt. {INSTALL_HINT}"
                           ) from exc
 
@@ -193,7 +194,7 @@ def _config(config: str | os.PathLike, cfg_options: dict[str, Any] | None):
         if cfg_options:
             cfg.merge_from_dict(cfg_options)
     except Exception as exc:
-        raise ScriptError(f"mmengine could not read the config {path}: {_summary(exc)}. Fix "
+        raise ScriptError(f"mmengine could not read the config {path}: {one_line(exc)}. Fix "
                           "the config (or the --cfg-options given with it).") from exc
     if "model" not in cfg:
         raise ScriptError(f"The config {path} has no `model`; pass a model config.")
@@ -219,7 +220,7 @@ def _build(cfg, checkpoint: str | os.PathLike | None) -> torch.nn.Module:
             torch.manual_seed(0)  # the same random weights on every run without a checkpoint
             detector = MODELS.build(cfg.model)
     except Exception as exc:
-        raise ScriptError(f"mmdet3d could not build the model of the config: {_summary(exc)}. "
+        raise ScriptError(f"mmdet3d could not build the model of the config: {one_line(exc)}. "
                           "Fix the config's `model` (or the --cfg-options given with it).") \
             from exc
     if checkpoint is not None:
@@ -242,7 +243,7 @@ def _load_checkpoint(detector: torch.nn.Module, path: Path) -> None:
             "state). If you trust the file, run again with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 "
             "(torch's own switch), or save only its 'state_dict' to a new file.") from exc
     except Exception as exc:
-        raise ScriptError(f"Loading the checkpoint {path} failed: {_summary(exc)}.") from exc
+        raise ScriptError(f"Loading the checkpoint {path} failed: {one_line(exc)}.") from exc
     # mmengine loads non-strictly and only logs what is missing; weights left random would
     # make every later number meaningless.
     state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else {}
@@ -374,9 +375,4 @@ def load_config(path: str | os.PathLike, argv: list[str] | None = None) -> Scrip
         raise ScriptError(f"The model of {path} cannot be wrapped: {exc}") from exc
     example, probe = (Inputs(args=(_images(preprocessor, *padded, seed),)) for seed in (0, 1))
     return Script(path=path, model=model, example=example, probe=probe,
-                  probe_is_generated=True, hazards=[model.postprocessing_hazard()])
-
-
-def _summary(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:300] if text else ''}"
+                  hazards=[model.postprocessing_hazard()])

@@ -6,10 +6,11 @@ original (legacy) patterns for comparison. See docs/flashocc.md."""
 from .checkpoint import CheckpointMismatch, load_checkpoint
 from .config import CONFIGS, M0, M1, TINY, FlashOccConfig, GridConfig
 from .model import FlashOcc, FlashOccPrecomputed, init_weights
-from .ranks import Ranks, compute_ranks
+from .preprocess import CameraImages, preprocess
+from .ranks import Ranks, compute_ranks, from_flashocc
 
 __all__ = [
-    "CONFIGS", "M0", "M1", "TINY", "CheckpointMismatch", "FlashOcc", "FlashOccConfig",
-    "FlashOccPrecomputed", "GridConfig", "Ranks", "compute_ranks", "init_weights",
-    "load_checkpoint",
+    "CONFIGS", "M0", "M1", "TINY", "CameraImages", "CheckpointMismatch", "FlashOcc",
+    "FlashOccConfig", "FlashOccPrecomputed", "GridConfig", "Ranks", "compute_ranks",
+    "from_flashocc", "init_weights", "load_checkpoint", "preprocess",
 ]

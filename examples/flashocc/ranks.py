@@ -5,6 +5,7 @@ once per camera rig.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -50,3 +51,54 @@ def compute_ranks(config: FlashOccConfig, sensor2ego: Tensor, ego2global: Tensor
     ranks_bev = cell_rank(coords, config.grid.size[1], config.grid).flatten()
     ranks_depth, ranks_feat = frustum_indices(b, n, d, fh, fw, fw, coords.device)
     return Ranks(*prepare_bev_pool_v2(ranks_depth[kept], ranks_feat[kept], ranks_bev[kept]))
+
+
+# FlashOCC's own order: `voxel_pooling_prepare_v2` (view_transformer.py) and
+# `BEVDetOCCTRT.get_bev_pool_input` (bevdet_occ.py) return these, int32.
+FLASHOCC_ORDER = ("ranks_bev", "ranks_depth", "ranks_feat", "interval_starts", "interval_lengths")
+
+
+def from_flashocc(flashocc_ranks: Sequence[Tensor], images: Tensor) -> tuple[Tensor, ...]:
+    """The example's `--ranks precomputed` inputs, (images (B, N, 3, H, W), ranks_depth,
+    ranks_feat, ranks_bev, interval_starts, interval_lengths) with int32 ranks, from
+    FlashOCC's tuple (ranks_bev, ranks_depth, ranks_feat, interval_starts, interval_lengths)
+    of `get_bev_pool_input` / `voxel_pooling_prepare_v2` (int32 there; int64 is accepted and
+    narrowed) and the images: (N, 3, H, W) as FlashOCC's TensorRT entry point takes them
+    (one sample), or (B, N, 3, H, W). FlashOCC's tools/export_onnx.py makes the same
+    permutation, `metas[1], metas[2], metas[0], metas[3], metas[4]`; the index conventions
+    are the same (`cell_rank`, `frustum_indices`), so no value changes."""
+    if isinstance(flashocc_ranks, Tensor) or len(flashocc_ranks) != len(FLASHOCC_ORDER):
+        raise ValueError(f"from_flashocc: flashocc_ranks must be FlashOCC's 5 tensors "
+                         f"{FLASHOCC_ORDER}")
+    named = dict(zip(FLASHOCC_ORDER, flashocc_ranks, strict=True))
+    for name, t in named.items():
+        if not isinstance(t, Tensor) or t.dtype not in (torch.int32, torch.int64):
+            kind = t.dtype if isinstance(t, Tensor) else type(t).__name__
+            raise TypeError(f"from_flashocc: {name} must be an int32 or int64 tensor, got {kind}")
+        if t.dim() != 1:
+            raise ValueError(f"from_flashocc: {name} must be 1-D, got shape {tuple(t.shape)}")
+        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= 2 ** 31):
+            raise ValueError(f"from_flashocc: {name} must hold int32 indices >= 0")
+    points = named["ranks_bev"].numel()
+    for name in ("ranks_depth", "ranks_feat"):
+        if named[name].numel() != points:
+            raise ValueError(f"from_flashocc: {name} has {named[name].numel()} points, "
+                             f"ranks_bev {points}")
+    starts, lengths = named["interval_starts"], named["interval_lengths"]
+    if starts.numel() != lengths.numel() or int(lengths.sum()) != points:
+        raise ValueError(f"from_flashocc: interval_starts ({starts.numel()}) and "
+                         f"interval_lengths ({lengths.numel()}, summing to "
+                         f"{int(lengths.sum())}) must describe the {points} points")
+    if points and bool((named["ranks_bev"][1:] < named["ranks_bev"][:-1]).any()):
+        raise ValueError("from_flashocc: ranks_bev, the first of FlashOCC's tuple, must be "
+                         "sorted; is the tuple in the example's order (ranks_depth first)?")
+    if not isinstance(images, Tensor) or not images.is_floating_point():
+        raise TypeError("from_flashocc: images must be a floating-point tensor (the "
+                        "normalised images, flashocc.preprocess)")
+    if images.dim() == 4:
+        images = images[None]
+    if images.dim() != 5:
+        raise ValueError(f"from_flashocc: images must be (N, 3, H, W) or (B, N, 3, H, W), "
+                         f"got {tuple(images.shape)}")
+    ranks = Ranks(*(named[name].to(torch.int32).contiguous() for name in Ranks._fields))
+    return (images, *ranks)

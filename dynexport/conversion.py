@@ -1,0 +1,111 @@
+"""The decompose, onnx and openvino stages: the captured program → exported.pt2, model.onnx,
+openvino/model.xml.
+
+Conversions run in a child process (isolation.py): a converter that crashes in native code
+fails its own stage, and the report and the other artifacts are kept. A conversion that fails
+names the ops the backend lacks, at the user's lines (the coverage preflight, run only then:
+a conversion that succeeds needs no second pass)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.export import ExportedProgram
+
+from dynexport.backends.onnx import to_onnx
+from dynexport.backends.openvino import save_openvino, to_openvino
+from dynexport.capture import Capture
+from dynexport.coverage import op_name, translate_backend_error, unsupported_ops
+from dynexport.decompositions import decompose, decomposition_table
+from dynexport.errors import one_line, summary
+from dynexport.hazards.location import location_from_stack_trace
+from dynexport.hazards.records import SourceLocation, UnsupportedOp
+from dynexport.isolation import run_isolated
+from dynexport.names import Backend
+from dynexport.quiet import quiet_torch
+from dynexport.stage import Run, Stage, StageFailed
+
+
+@dataclass
+class Decomposed:
+    """The program the backends convert, saved as exported.pt2."""
+
+    program: ExportedProgram
+    artifact: str
+    # ops dynexport's decompositions replaced, with the user's line of each
+    replaced: list[tuple[str, SourceLocation | None]] = field(default_factory=list)
+
+
+@dataclass
+class Converted:
+    backend: Backend
+    artifact: str
+
+
+@dataclass
+class ConversionFailure:
+    """Evidence a failed conversion leaves: the ops the backend lacks."""
+
+    backend: Backend
+    unsupported_ops: list[UnsupportedOp]
+    notes: list[str] = field(default_factory=list)  # what the preflight could only judge partly
+
+
+def replaced_ops(program: ExportedProgram) -> list[tuple[str, SourceLocation | None]]:
+    """Ops of `program` that dynexport's decomposition table replaces, at the user's lines."""
+    table = decomposition_table()
+    return [(op_name(node.target), location_from_stack_trace(node.meta.get("stack_trace")))
+            for node in program.graph.nodes
+            if node.op == "call_function" and node.target in table]
+
+
+def _decompose(run: Run) -> Decomposed:
+    captured = run.result("capture", Capture)
+    with quiet_torch():
+        program = decompose(captured.program)
+        path = run.options.out_dir / "exported.pt2"
+        torch.export.save(program, path)
+    return Decomposed(program, str(path), replaced_ops(captured.program))
+
+
+def convert(program: ExportedProgram, backend: Backend, out_dir: Path) -> Converted:
+    """Convert `program` for `backend` into `out_dir`; a failure raises StageFailed naming the
+    ops the backend lacks where it can find them."""
+    try:
+        if backend == "onnx":
+            path = to_onnx(program, out_dir / "model.onnx")
+        else:
+            path = save_openvino(to_openvino(program), out_dir / "openvino")
+        return Converted(backend, str(path))
+    except Exception as exc:
+        try:
+            with quiet_torch():
+                found = (unsupported_ops(program, (backend,))
+                         or translate_backend_error(exc, backend, program))
+        except Exception as preflight:  # the conversion's own error is what matters
+            raise StageFailed(f"{summary(exc)}\n(naming the unsupported ops failed too: "
+                              f"{one_line(preflight)})") from exc
+        if not found:
+            raise
+        notes = list(getattr(found, "notes", []))
+        names = ", ".join(sorted({op.op for op in found}))
+        raise StageFailed(f"{backend} cannot lower {names} (see unsupported_ops); "
+                          f"{one_line(exc, 200)}",
+                          ConversionFailure(backend, list(found), notes)) from exc
+
+
+def _conversion_stage(backend: Backend) -> Stage:
+    def run_stage(run: Run) -> Converted:
+        program = run.result("decompose", Decomposed).program
+        return run_isolated(lambda: convert(program, backend, run.options.out_dir),
+                            f"the {backend} conversion", run.options.isolate)
+
+    return Stage(backend, run_stage, needs=("decompose",),
+                 requested=lambda options: None if backend in options.targets else "")
+
+
+DECOMPOSE_STAGE = Stage("decompose", _decompose, needs=("capture",))
+ONNX_STAGE = _conversion_stage("onnx")
+OPENVINO_STAGE = _conversion_stage("openvino")

@@ -1,0 +1,68 @@
+"""Eager stage: run the user's model on the example and the probe, once each, watched.
+
+Its outputs are the reference every runtime is verified against, and what the watch saw (every
+tensor turned into a Python value, at the user's line) is evidence for the hazard step. Running
+eager once per input here is what lets verification skip its own eager runs (a FlashOcc M0
+frame is seconds of CPU)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from dynexport.errors import summary
+from dynexport.hazards.conversions import Conversion, watch_conversions
+from dynexport.hazards.location import location_from_exception
+from dynexport.inputs import Inputs, flatten_outputs
+from dynexport.names import InputKind
+from dynexport.script import Script
+from dynexport.stage import Run, Stage, StageFailed
+
+
+def eager_call(model: torch.nn.Module, method: str = "forward") -> Callable[[Inputs], Any]:
+    """The reference: the user's model, called on an Inputs the way the script says."""
+    function = getattr(model, method)
+    return lambda inputs: function(*inputs.args, **inputs.kwargs)
+
+
+@dataclass
+class EagerRun:
+    """Eager PyTorch's outputs per input (flattened and named) and what the watch saw."""
+
+    outputs: dict[InputKind, list[tuple[str, Any]]] = field(default_factory=dict)
+    conversions: list[Conversion] = field(default_factory=list)
+
+    def output_names(self) -> list[str]:
+        return [name for name, _ in next(iter(self.outputs.values()), [])]
+
+
+def run_eager(model: torch.nn.Module, inputs: dict[InputKind, Inputs],
+              method: str = "forward") -> EagerRun:
+    """Call the model on each input under the conversion watch. Raises StageFailed (with what
+    was seen so far as evidence) when the model itself raises."""
+    call = eager_call(model, method)
+    result = EagerRun()
+    for kind, values in inputs.items():
+        produced: list[Any] = []
+        try:
+            result.conversions += watch_conversions(
+                lambda v=values, out=produced: out.append(call(v)), values.tensors())
+        except Exception as exc:
+            where = location_from_exception(exc)
+            at = f" at {where.file}:{where.line} ({where.code})" if where else ""
+            raise StageFailed(f"the model raised on the {kind} input{at}: {summary(exc)}",
+                              evidence=result) from exc
+        result.outputs[kind] = flatten_outputs(produced[0])
+    return result
+
+
+def _run(run: Run) -> EagerRun:
+    script = run.result("load", Script)
+    return run_eager(script.model, {"example": script.example, "probe": script.probe},
+                     script.method)
+
+
+EAGER_STAGE = Stage("eager", _run, needs=("load",))

@@ -1,0 +1,111 @@
+"""What dynexport fixed by itself: each item would have broken the export or its numbers, and
+the user need not change anything. Reported beside the hazards (report `handled`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
+
+from dynexport.hazards.common import method_location
+from dynexport.hazards.evidence import Evidence
+from dynexport.hazards.location import location_from_stack_trace
+from dynexport.hazards.records import Handled, SourceLocation
+
+_REPLACEMENTS = {
+    "aten.linalg_inv_ex.default": "pivoted Gauss-Jordan elimination",
+    "aten.linalg_det.default": "elimination with partial pivoting",
+    "aten._linalg_det.default": "elimination with partial pivoting",
+    "aten.linalg_solve_ex.default": "pivoted Gauss-Jordan elimination",
+    "aten._linalg_solve_ex.default": "pivoted Gauss-Jordan elimination",
+    "aten.index_add.default": "scatter_add (exact under multi-threaded onnxruntime)",
+}
+
+
+def _at(what: str, location: SourceLocation | None) -> Handled:
+    return Handled(what, location.file if location else None,
+                   location.line if location else None, location.code if location else None)
+
+
+def keyword_call(evidence: Evidence) -> list[Handled]:
+    """A method called with keyword arguments (mmdet's `forward(return_loss=False, **kwargs)`):
+    torch.export binds them natively; non-tensor values become constants of the program."""
+    example = evidence.example
+    if example is None or not example.kwargs:
+        return []
+    constants = {k: v for k, v in example.kwargs.items() if not _holds_tensor(v)}
+    what = ("called with keyword arguments (" + ", ".join(example.kwargs) + ") natively by "
+            "torch.export, no wrapper or tracing of positional inputs")
+    if constants:
+        what += "; the non-tensor ones are constants of the program: " + ", ".join(
+            f"{k}={v!r}" for k, v in constants.items())
+    return [_at(what, method_location(evidence.model, evidence.method))]
+
+
+def decompositions(evidence: Evidence) -> list[Handled]:
+    """Ops the backends lack that dynexport's decompositions replaced."""
+    seen: dict[tuple, Handled] = {}
+    for op, location in evidence.replaced:
+        how = _REPLACEMENTS.get(op, "portable ops")
+        item = _at(f"`{op}` decomposed into {how}, which ONNX and OpenVINO convert", location)
+        seen.setdefault((op, item.file, item.line), item)
+    return list(seen.values())
+
+
+def float64_in_openvino(evidence: Evidence) -> list[Handled]:
+    """OpenVINO's CPU plugin computes float64 in float32; verification judges those outputs
+    with float32 tolerances instead of failing them."""
+    program = evidence.capture.program if evidence.capture else None
+    if program is None:
+        return []
+    for node in program.graph.nodes:
+        value = node.meta.get("val")
+        if isinstance(value, torch.Tensor) and value.dtype == torch.float64:
+            location = location_from_stack_trace(node.meta.get("stack_trace"))
+            return [_at("float64 computed in float32 by OpenVINO's CPU plugin; verification "
+                        "compares these values with float32 tolerances", location)]
+    return []
+
+
+def size_oblivious(evidence: Evidence) -> list[Handled]:
+    """Dimensions declared dynamic whose example size is 0 or 1, kept dynamic."""
+    dims = evidence.capture.size_oblivious_dims if evidence.capture else []
+    if not dims:
+        return []
+    return [Handled(f"dimension{'s' if len(dims) > 1 else ''} {', '.join(dims)} declared "
+                    "dynamic with an example size of 0 or 1: captured size-obliviously, so the "
+                    "models accept other sizes (torch would pin the size to the example's)")]
+
+
+def data_dependent_outputs(evidence: Evidence) -> list[Handled]:
+    """Outputs whose length depends on the data (nms, nonzero): kept dynamic everywhere and
+    verified on both inputs."""
+    program = evidence.capture.program if evidence.capture else None
+    if program is None:
+        return []
+    output = next(n for n in program.graph.nodes if n.op == "output")
+    names = []
+    for index, node in enumerate(output.args[0]):
+        value = getattr(node, "meta", {}).get("val")
+        if isinstance(value, torch.Tensor) and free_unbacked_symbols(value.shape):
+            names.append(str(index))
+    if not names:
+        return []
+    return [Handled(f"output{'s' if len(names) > 1 else ''} {', '.join(names)} "
+                    "ha" + ("ve" if len(names) > 1 else "s") + " a length that depends on the "
+                    "data (e.g. boxes kept by nms); kept dynamic in every backend and verified "
+                    "on both inputs")]
+
+
+def _holds_tensor(value: object) -> bool:
+    return any(isinstance(leaf, torch.Tensor)
+               for leaf in torch.utils._pytree.tree_leaves(value))
+
+
+STEPS: tuple[Callable[[Evidence], list[Handled]], ...] = (
+    keyword_call, decompositions, float64_in_openvino, size_oblivious, data_dependent_outputs)
+
+
+def find_handled(evidence: Evidence) -> list[Handled]:
+    return [item for step in STEPS for item in step(evidence)]

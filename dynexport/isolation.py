@@ -1,0 +1,126 @@
+"""Run a step in a child process, so that a crash inside native code (a converter's `free():
+invalid next size`, a plugin's segmentation fault) fails that step instead of killing dynexport
+and losing the report.
+
+The child is forked: it starts with the parent's memory (the captured program, the eager
+outputs), so nothing is serialised on the way in and custom ops registered in the parent exist
+there too. Only the step's return value (or exception) comes back, pickled through a pipe;
+artifacts go to disk. Measured on this project's machines (torch 2.13, OpenVINO 2026.4,
+onnxruntime 1.32): converting, compiling and running in a forked child works also after the
+parent has run eager PyTorch, OpenVINO and onnxruntime itself. The child runs torch with one
+thread: GNU OpenMP is not fork-safe once the parent has used it, and the child's work in torch is
+tracing, not arithmetic.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import sys
+import warnings
+from collections.abc import Callable
+from typing import TypeVar
+
+from dynexport.errors import format_traceback, summary
+
+T = TypeVar("T")
+
+
+class NativeCrash(RuntimeError):
+    """The step's process died from a signal or exited without an answer."""
+
+    def __init__(self, what: str, status: int):
+        self.what, self.status = what, status
+        if status < 0:
+            name = signal.Signals(-status).name if -status in signal.Signals._value2member_map_ \
+                else f"signal {-status}"
+            how = f"crashed inside native code ({name}, exit status {status})"
+        else:
+            how = f"exited with status {status} without an answer"
+        super().__init__(f"{what} {how}. dynexport ran it in a child process, so the report and "
+                         "the artifacts of the other stages are kept; the crash is a bug of the "
+                         "library that crashed (report it there with this model), or try "
+                         "another target or version.")
+
+    def __reduce__(self):
+        return NativeCrash, (self.what, self.status)
+
+
+class ChildError(RuntimeError):
+    """An exception raised in the child that could not be sent back as itself."""
+
+    def __init__(self, type_name: str, text: str, traceback_text: str):
+        super().__init__(text)
+        self.type_name = type_name
+        self.traceback_text = traceback_text
+
+    def __reduce__(self):
+        return ChildError, (self.type_name, str(self), self.traceback_text)
+
+
+def can_isolate() -> bool:
+    return hasattr(os, "fork") and sys.platform != "darwin"  # macOS frameworks are not fork-safe
+
+
+def run_isolated(step: Callable[[], T], what: str, enabled: bool = True) -> T:
+    """`step()` in a forked child; its result, or its exception re-raised here, or NativeCrash
+    naming `what` when the child dies. Runs in-process where forking is unavailable or
+    `enabled` is False."""
+    if not (enabled and can_isolate()):
+        return step()
+    read_end, write_end = os.pipe()
+    with warnings.catch_warnings():  # Python 3.12+ warns about forking a threaded process
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: never returns
+        os.close(read_end)
+        _child(step, write_end)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        payload = pipe.read()  # read before waiting: a large answer would fill the pipe
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if not payload:
+        raise NativeCrash(what, code if code != 0 else 1)
+    kind, value = pickle.loads(payload)
+    if kind == "error":
+        raise value
+    return value
+
+
+def _child(step: Callable[[], object], write_end: int) -> None:
+    code = 0
+    try:
+        import faulthandler
+
+        import torch
+
+        faulthandler.disable()  # a crash here is reported by the parent, not dumped twice
+        torch.set_num_threads(1)
+        try:
+            answer = ("ok", step())
+        except BaseException as exc:  # noqa: BLE001 - every exception goes back to the parent
+            answer = ("error", _sendable(exc))
+        try:
+            payload = pickle.dumps(answer)
+        except Exception as exc:  # an unpicklable result is a dynexport bug; say so
+            payload = pickle.dumps(("error", _sendable(exc)))
+        with os.fdopen(write_end, "wb") as pipe:
+            pipe.write(payload)
+    except BaseException:  # noqa: BLE001 - the child must never unwind into the caller
+        code = 70
+    finally:
+        os._exit(code)
+
+
+def _sendable(exc: BaseException) -> BaseException:
+    """`exc` itself when it survives pickling with its message, else a ChildError with it."""
+    try:
+        copy = pickle.loads(pickle.dumps(exc))
+        if str(copy) == str(exc):
+            return copy
+    except Exception:  # noqa: BLE001 - many library exceptions do not pickle
+        pass
+    return ChildError(type(exc).__name__, summary(exc, max_lines=40, max_chars=4000,
+                                                  with_type=False), format_traceback(exc))

@@ -1,0 +1,27 @@
+"""The report's vocabularies (contract §3-4), in one place: the code's Literal types and
+dynexport/schema/report.schema.json's enums are both these (tests/test_schema.py checks it)."""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+StageName = Literal["load", "eager", "capture", "decompose", "onnx", "openvino", "verify",
+                    "precision", "serving", "benchmark"]
+StageStatus = Literal["ok", "failed", "skipped"]
+Strategy = Literal["strict", "non_strict", "draft"]
+Category = Literal["data_dependent_branch", "tensor_to_python", "numpy_conversion",
+                   "non_tensor_output", "unsupported_op", "graph_break", "shape_specialization",
+                   "baked_constant"]
+Severity = Literal["error", "warning"]
+Backend = Literal["onnx", "openvino"]
+RuntimeName = Literal["onnxruntime", "openvino"]
+InputKind = Literal["example", "probe"]
+
+STAGE_NAMES: tuple[StageName, ...] = get_args(StageName)
+STAGE_STATUSES: tuple[StageStatus, ...] = get_args(StageStatus)
+STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
+CATEGORIES: tuple[Category, ...] = get_args(Category)
+SEVERITIES: tuple[Severity, ...] = get_args(Severity)
+BACKENDS: tuple[Backend, ...] = get_args(Backend)
+RUNTIMES: tuple[RuntimeName, ...] = get_args(RuntimeName)
+INPUT_KINDS: tuple[InputKind, ...] = get_args(InputKind)

@@ -1,0 +1,102 @@
+"""What a pipeline stage is: a name, the stages whose results it reads, and a function from the
+run so far to its own result. The pipeline walks an ordered list of them; each stage module
+defines its own (its policy stays there), and results flow forward only."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from dynexport.names import StageName, StageStatus
+
+T = TypeVar("T")
+
+
+@dataclass
+class Options:
+    """What the user asked for on the command line."""
+
+    out_dir: Path
+    targets: tuple[str, ...] = ("onnx", "openvino")
+    verify: bool = True
+    bench: bool = False
+    device: str = "CPU"
+    precision: str = "f32"  # f32: verification's model is the one that ships
+    layouts: tuple[str, ...] = ()  # serving repositories to write
+    isolate: bool = True  # conversions and runtimes in child processes (isolation.py)
+
+
+class StageFailed(RuntimeError):
+    """A stage could not do its job; the message is the report's error text. `evidence` is what
+    it found on the way (e.g. the ops a backend lacks), for the hazard step."""
+
+    def __init__(self, message: str, evidence: Any = None):
+        super().__init__(message)
+        self.evidence = evidence
+
+    def __reduce__(self):  # crosses the process boundary of isolated stages
+        return StageFailed, (str(self), self.evidence)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the pipeline.
+
+    `needs`: stages that must have succeeded; `needs_any`: at least one of these must have.
+    `requested`: None when the options ask for this stage, else why it is skipped (e.g.
+    "--no-verify"); a stage whose `requested` returns "" is left out of the run altogether.
+    `run` returns the stage's result (kept by the run under the stage's name) or raises."""
+
+    name: StageName
+    run: Callable[[Run], Any]
+    needs: tuple[StageName, ...] = ()
+    needs_any: tuple[StageName, ...] = ()
+    requested: Callable[[Options], str | None] = lambda options: None
+
+
+@dataclass
+class StageRecord:
+    name: StageName
+    status: StageStatus
+    seconds: float = 0.0
+    artifact: str | None = None
+    error: str | None = None
+
+    COLUMNS = ("stage", "status", "seconds", "artifact / error")
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "status": self.status, "seconds": self.seconds,
+                "artifact": self.artifact, "error": self.error}
+
+    def cells(self) -> tuple[str, ...]:
+        return (self.name, self.status, f"{self.seconds:.2f}",
+                self.error if self.error else (self.artifact or ""))
+
+
+@dataclass
+class Run:
+    """The run so far: the options, each finished stage's result, and why others failed."""
+
+    script_path: str
+    script_args: list[str]
+    options: Options
+    results: dict[str, Any] = field(default_factory=dict)
+    errors: dict[str, BaseException] = field(default_factory=dict)
+    records: list[StageRecord] = field(default_factory=list)
+
+    def result(self, name: StageName, kind: type[T]) -> T | None:
+        """The result of stage `name` if it succeeded, typed as `kind`."""
+        value = self.results.get(name)
+        return value if isinstance(value, kind) else None
+
+    def evidence(self, name: StageName, kind: type[T]) -> T | None:
+        """What stage `name` left: its result, or what it found before failing."""
+        value = self.results.get(name)
+        if value is None and name in self.errors:
+            value = getattr(self.errors[name], "evidence", None)
+        return value if isinstance(value, kind) else None
+
+    def status(self, name: StageName) -> StageStatus | None:
+        return next((r.status for r in self.records if r.name == name), None)

@@ -1,0 +1,123 @@
+"""Issue #16, found on real models: a native crash in a converter, a batch-1 example of a
+dynamic batch, and messages that misled. Each as a small model of the same kind."""
+
+import os
+
+import numpy as np
+import torch
+from conftest import REPO, read_report
+
+from dynexport.hazards.unsupported_op import fix_for
+from dynexport.isolation import NativeCrash, run_isolated
+from dynexport.verify import Comparison
+
+BATCH_ONE = """
+import torch
+from torch import nn
+
+class Classifier(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
+
+def get_model():
+    torch.manual_seed(0)
+    return Classifier().eval()
+
+def get_inputs():
+    return (torch.randn(1, 3, 16, 16),)
+
+def get_probe_inputs():
+    return (torch.randn(4, 3, 16, 16),)
+{dynamic}
+"""
+
+
+def test_native_crash_in_a_conversion_fails_that_stage_and_keeps_the_report(
+        cli, tmp_path, monkeypatch):
+    import dynexport.conversion
+
+    def aborts(program):  # what OpenVINO did on fasterrcnn_mobilenet_v3_large_320_fpn
+        os.abort()
+
+    monkeypatch.setattr(dynexport.conversion, "to_openvino", aborts)
+    out = tmp_path / "out"
+    code, _, _ = cli("--out", out, REPO / "examples" / "convnet.py")
+    assert code == 1
+    report = read_report(out)
+    stages = {s["name"]: s for s in report["stages"]}
+    assert stages["openvino"]["status"] == "failed"
+    assert "SIGABRT" in stages["openvino"]["error"]
+    assert stages["onnx"]["status"] == "ok" and (out / "model.onnx").is_file()
+    assert {(v["runtime"], v["passed"]) for v in report["verification"]} == {
+        ("onnxruntime", True)}
+
+
+def test_isolated_step_returns_results_and_reraises_errors():
+    assert run_isolated(lambda: {"answer": np.arange(3)}, "a step")["answer"].tolist() == [0, 1, 2]
+    try:
+        run_isolated(lambda: (_ for _ in ()).throw(ValueError("bad shape")), "a step")
+    except ValueError as exc:
+        assert "bad shape" in str(exc)
+    else:
+        raise AssertionError("the child's exception was lost")
+    try:
+        run_isolated(lambda: os.kill(os.getpid(), 11), "segfaulting step")
+    except NativeCrash as crash:
+        assert "SIGSEGV" in str(crash) and "segfaulting step" in str(crash)
+    else:
+        raise AssertionError("a killed child must raise NativeCrash")
+
+
+def test_batch_one_example_keeps_a_declared_dynamic_batch(cli, write_script, tmp_path):
+    dynamic = 'dynamic_shapes = ({0: torch.export.Dim("batch")},)'
+    out = tmp_path / "out"
+    code, stdout, _ = cli("--out", out, write_script(BATCH_ONE.format(dynamic=dynamic)))
+    assert code == 0, stdout
+    report = read_report(out)
+    assert {(v["inputs"], v["passed"]) for v in report["verification"]} == {
+        ("example", True), ("probe", True)}
+    assert not report["hazards"]
+    assert any("x.0" in item["what"] and "size-obliviously" in item["what"]
+               for item in report["handled"])
+
+
+def test_runtime_error_keeps_its_decisive_sentence(cli, write_script, tmp_path):
+    out = tmp_path / "out"  # no dynamic_shapes: the models accept batch 1 only
+    code, _, _ = cli("--out", out, write_script(BATCH_ONE.format(dynamic="")))
+    assert code == 1
+    report = read_report(out)
+    probe = {v["runtime"]: v for v in report["verification"] if v["inputs"] == "probe"}
+    assert "Got: 4 Expected: 1" in probe["onnxruntime"]["error"]
+    assert (out / "report.md").read_text().count("Got: 4 Expected: 1") >= 1
+
+
+def test_shape_mismatch_names_both_shapes():
+    comparison = Comparison.of(np.ones((300, 4), np.float32), np.ones((0, 4), np.float32))
+    assert not comparison.passed
+    assert comparison.reason == "shape (0, 4) instead of eager's (300, 4)"
+
+
+def test_shape_arithmetic_is_not_called_a_custom_op():
+    text = fix_for("torch.sym_min", "openvino")
+    assert "custom op" not in text and "symbolic sizes" in text
+    assert "custom op" in fix_for("mylib.swish.default", "onnx")
+
+
+def test_attribute_reads_of_a_masked_tensor_are_not_branches_on_its_length():
+    import dynexport
+
+    class Filters(torch.nn.Module):
+        def forward(self, boxes, scores):
+            kept = boxes[scores > 0.5]
+            if kept.is_quantized:  # torchvision's nms starts like this
+                kept = kept.dequantize()
+            return kept * 2
+
+    report = dynexport.explain(Filters(), (torch.rand(20, 4), torch.rand(20)))
+    flagged = [h for h in report.hazards if "is_quantized" in (h.code or "")]
+    assert flagged == []
