@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch.export import ExportedProgram
 
-from dynexport.decompositions import inverse, scatter
+from dynexport.decompositions import grid_sample, inverse, scatter
 
 __all__ = ["decompose", "decomposition_table", "program_ops"]
 
@@ -22,6 +22,7 @@ __all__ = ["decompose", "decomposition_table", "program_ops"]
 def decomposition_table() -> dict[torch._ops.OpOverload, Callable]:
     """Every op dynexport decomposes, mapped to its decomposition (a fresh dict)."""
     table: dict[torch._ops.OpOverload, Callable] = {}
+    table.update(grid_sample.table())
     table.update(inverse.table())
     table.update(scatter.table())
     # dynexport's own custom ops must reach the backends intact for their translations.
