@@ -15,6 +15,7 @@ from dynexport.coverage import coverage_table
 from dynexport.errors import format_traceback
 from dynexport.pipeline import Options, run, script_coverage
 from dynexport.precision import PRECISIONS
+from dynexport.runtimes import missing_device
 from dynexport.script import ScriptError, load_script
 from dynexport.serving import LAYOUTS
 
@@ -43,7 +44,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="comma-separated targets among onnx,openvino (default both)")
     parser.add_argument("--no-verify", action="store_true", help="skip verification")
     parser.add_argument("--bench", action="store_true", help="also time eager and each runtime")
-    parser.add_argument("--device", default="CPU", help="OpenVINO device (default CPU)")
+    parser.add_argument("--device", default="CPU", help="OpenVINO device to verify on (default "
+                        "CPU; AUTO picks one); an absent device exits 2 after writing the IR")
+    parser.add_argument("--static", action="store_true",
+                        help="fix every dimension to the example's: IR that compiles for NPU")
     parser.add_argument("--precision", default="f32", choices=PRECISIONS,
                         help="OpenVINO precision to ship, timed and compared with f32 "
                         "(verification stays f32): bf16 hint, int8 (NNCF), fp16-weights")
@@ -92,7 +96,8 @@ def _options(args: argparse.Namespace, target: str) -> Options:
         raise UsageError(f"--layout {args.layout!r} names an unknown layout. Use a "
                          "comma-separated list among ovms,triton, e.g. `--layout ovms`.")
     return Options(out_dir=out, targets=targets, verify=not args.no_verify, bench=args.bench,
-                   device=args.device, precision=args.precision, layouts=layouts)
+                   device=args.device, precision=args.precision, layouts=layouts,
+                   static=args.static, device_missing=missing_device(args.device))
 
 
 def _ops(args: argparse.Namespace, console: Console) -> int:
@@ -132,6 +137,13 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_UNUSABLE
     console.print(report)
     console.print(f"Artifacts and report: [bold]{options.out_dir}[/]")
+    if options.device_missing:
+        errors.print(f"[bold red]dynexport:[/] {escape(options.device_missing)}. The models "
+                     f"were converted and written to {options.out_dir} (openvino/model.xml), but "
+                     "nothing was compiled or verified on that device. Run them where it exists, "
+                     "or pass `--device CPU` (or `--device AUTO`) to verify here.",
+                     highlight=False, soft_wrap=True)
+        return EXIT_UNUSABLE
     return EXIT_OK if report.ok else EXIT_FAILED
 
 

@@ -11,6 +11,7 @@ from typing import Literal
 
 import torch
 
+from dynexport import progress
 from dynexport.conversion import Converted
 from dynexport.eager import eager_call
 from dynexport.inputs import Inputs
@@ -68,6 +69,7 @@ def time_artifact(runtime: str, artifact: str | Path, inputs: Inputs, device: st
     feeds = to_numpy(inputs.tensors())
 
     def measure() -> BenchmarkRecord:
+        progress.step(f"timing {runtime}" + (f" {precision}" if precision else ""))
         runner = open_runner(runtime, artifact, device, config)
         return _record(runtime, timings(lambda: runner.run(feeds), runs),
                        precision or getattr(runner, "precision", None))
@@ -97,4 +99,5 @@ def _run(run: Run) -> list[BenchmarkRecord]:
 
 
 BENCHMARK_STAGE = Stage("benchmark", _run, needs=("load",), needs_any=("onnx", "openvino"),
-                        requested=lambda options: None if options.bench else "")
+                        requested=lambda options: options.device_missing if options.bench
+                        else "")

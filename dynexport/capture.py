@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch.export import ExportedProgram
 
+from dynexport import progress
 from dynexport.adapters.torch_export import backed_size_oblivious, draft_report
 from dynexport.errors import one_line
 from dynexport.inputs import Inputs
@@ -97,6 +98,7 @@ def capture(model: torch.nn.Module, inputs: Inputs, dynamic_shapes: Any = None,
     oblivious = dynamic_shapes is not None and any(
         size in (0, 1) for t in inputs.tensors() for size in t.shape)
     for strategy in strategies:
+        progress.step(f"{strategy.replace('_', '-')} export")
         start = time.perf_counter()
         try:
             with quiet_torch(), _size_oblivious(oblivious):
@@ -151,7 +153,8 @@ _EXPORTERS = {"strict": _strict, "non_strict": _non_strict, "draft": _draft}
 
 def _run(run: Run) -> Capture:
     script = run.result("load", Script)
-    return capture(script.model, script.example, script.dynamic_shapes, script.method)
+    dynamic_shapes = None if run.options.static else script.dynamic_shapes
+    return capture(script.model, script.example, dynamic_shapes, script.method)
 
 
 CAPTURE_STAGE = Stage("capture", _run, needs=("load",))

@@ -1,10 +1,13 @@
-"""Terminal rendering: a live line per stage while the pipeline runs (rich)."""
+"""Terminal rendering: a live line per stage while the pipeline runs (rich), naming the step
+the stage is in (progress.step) with its elapsed time. Only a terminal gets the live line;
+redirected output gets the finished stages, without control characters."""
 
 from __future__ import annotations
 
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
+from dynexport import progress
 from dynexport.errors import format_traceback
 from dynexport.stage import StageRecord
 
@@ -21,15 +24,27 @@ class StageProgress:
                                  TimeElapsedColumn(), console=console)
         self.tasks: dict[str, TaskID] = {}
 
+        self.current: str | None = None
+        self._listening = progress.listening(self.step)
+
     def __enter__(self) -> StageProgress:
         self.progress.start()
+        self._listening.__enter__()
         return self
 
     def __exit__(self, *exc_info) -> None:
+        self._listening.__exit__(*exc_info)
         self.progress.stop()
 
     def started(self, name: str) -> None:
+        self.current = name
         self.tasks[name] = self.progress.add_task(f"{name} …", total=1)
+
+    def step(self, name: str) -> None:
+        """A step inside the running stage: shown on its live line (a terminal only)."""
+        task = self.tasks.get(self.current or "")
+        if task is not None and self.console.is_terminal:
+            self.progress.update(task, description=f"{self.current} · {name} …")
 
     def finished(self, record: StageRecord, error: BaseException | None) -> None:
         task = self.tasks.get(record.name)

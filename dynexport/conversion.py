@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch.export import ExportedProgram
 
+from dynexport import progress
 from dynexport.backends.onnx import to_onnx
 from dynexport.backends.openvino import save_openvino, to_openvino
 from dynexport.capture import Capture
@@ -25,6 +26,7 @@ from dynexport.hazards.records import SourceLocation, UnsupportedOp
 from dynexport.isolation import run_isolated
 from dynexport.names import Backend
 from dynexport.quiet import quiet_torch
+from dynexport.script import Script
 from dynexport.stage import Run, Stage, StageFailed
 
 
@@ -64,22 +66,33 @@ def replaced_ops(program: ExportedProgram) -> list[tuple[str, SourceLocation | N
 def _decompose(run: Run) -> Decomposed:
     captured = run.result("capture", Capture)
     with quiet_torch():
+        progress.step("decompositions")
         program = decompose(captured.program)
+        progress.step("saving exported.pt2")
         path = run.options.out_dir / "exported.pt2"
         torch.export.save(program, path)
     return Decomposed(program, str(path), replaced_ops(captured.program))
 
 
-def convert(program: ExportedProgram, backend: Backend, out_dir: Path) -> Converted:
+def convert(program: ExportedProgram, backend: Backend, out_dir: Path,
+            static_shapes: list[tuple[int, ...]] | None = None) -> Converted:
     """Convert `program` for `backend` into `out_dir`; a failure raises StageFailed naming the
-    ops the backend lacks where it can find them."""
+    ops the backend lacks where it can find them. `static_shapes` fixes the OpenVINO model's
+    inputs to these shapes (its frontend makes every dimension dynamic otherwise)."""
     try:
         if backend == "onnx":
+            progress.step("torch.onnx export")
             path = to_onnx(program, out_dir / "model.onnx")
         else:
-            path = save_openvino(to_openvino(program), out_dir / "openvino")
+            progress.step("OpenVINO's PyTorch frontend")
+            model = to_openvino(program)
+            if static_shapes is not None:
+                model.reshape(dict(zip(model.inputs, static_shapes, strict=True)))
+            progress.step("saving openvino/model.xml")
+            path = save_openvino(model, out_dir / "openvino")
         return Converted(backend, str(path))
     except Exception as exc:
+        progress.step("naming the ops it lacks")
         try:
             with quiet_torch():
                 found = (unsupported_ops(program, (backend,))
@@ -99,7 +112,9 @@ def convert(program: ExportedProgram, backend: Backend, out_dir: Path) -> Conver
 def _conversion_stage(backend: Backend) -> Stage:
     def run_stage(run: Run) -> Converted:
         program = run.result("decompose", Decomposed).program
-        return run_isolated(lambda: convert(program, backend, run.options.out_dir),
+        static = [tuple(t.shape) for t in run.result("load", Script).example.tensors()] \
+            if run.options.static else None
+        return run_isolated(lambda: convert(program, backend, run.options.out_dir, static),
                             f"the {backend} conversion", run.options.isolate)
 
     return Stage(backend, run_stage, needs=("decompose",),

@@ -43,8 +43,9 @@ from dynexport.adapters.torch_export import (
 )
 from dynexport.custom_ops.registry import OpRegistry, resolve
 from dynexport.decompositions import decompose, decomposition_table
+from dynexport.errors import chain_text
 from dynexport.hazards.location import location_from_stack_trace
-from dynexport.hazards.records import Backend, Hazard, SourceLocation, UnsupportedOp
+from dynexport.hazards.records import Backend, SourceLocation, UnsupportedOp
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -56,7 +57,6 @@ __all__ = [
     "op_coverage",
     "op_name",
     "translate_backend_error",
-    "unsupported_op_hazards",
     "unsupported_ops",
 ]
 
@@ -265,44 +265,6 @@ def unsupported_ops(ep: ExportedProgram, backends: Sequence[Backend] = BACKENDS,
     ], analysis.notes)
 
 
-_BACKEND_NAMES = {"onnx": "ONNX (torch.onnx)", "openvino": "OpenVINO"}
-# What the exporters' own tables turn a declined inverse / det / solve into.
-_LINALG_INTERNALS = {"aten._linalg_check_errors.default", "aten._linalg_det.default",
-                     "aten._linalg_solve_ex.default"}
-
-
-def _fix(op: str, backend: Backend) -> str:
-    if op in {op_name(o) for o in decomposition_table()} | _LINALG_INTERNALS:
-        return ("dynexport decomposes inverse, det and solve only for float32/float64 "
-                "matrices of static size up to 8x8: keep the size static and the dtype "
-                "float32/float64, or compute the result outside the model and pass it in "
-                "as an input")
-    if not op.startswith(("aten.", "prims.")):
-        return (f"this custom op has no {backend} translation registered; add one with the "
-                "dynexport.custom_ops kit (see dynexport/custom_ops/README.md)")
-    return ("rewrite the line with ops both backends support; or wrap it in a custom op "
-            "and register per-backend translations with the dynexport.custom_ops kit; "
-            "or add a decomposition for it to dynexport/decompositions/")
-
-
-def unsupported_op_hazards(ops: list[UnsupportedOp]) -> list[Hazard]:
-    """An `unsupported_op` error hazard for each record (contract §4)."""
-    return [
-        Hazard(
-            category="unsupported_op",
-            severity="error",
-            file=rec.file,
-            line=rec.line,
-            code=rec.code,
-            message=(f"{_BACKEND_NAMES[rec.backend]} has no lowering for {rec.op} "
-                     f"({rec.count} use{'s' if rec.count != 1 else ''}); "
-                     f"the {rec.backend} conversion fails here"),
-            fix=_fix(rec.op, rec.backend),
-        )
-        for rec in ops
-    ]
-
-
 _ONNX_MISSING = re.compile(
     r"No ONNX function found for (?:<OpOverload\(op='(?P<op>[\w.]+)', overload='(?P<ov>\w+)'\)>"
     r"|(?P<other>[^.\s][^\n]*?))\. Failure message"
@@ -310,15 +272,6 @@ _ONNX_MISSING = re.compile(
 _OPENVINO_MISSING = re.compile(
     r"-- (?:No conversion rule found for operations|Conversion is failed for): (?P<ops>[^\n]+)"
 )
-
-
-def _exception_text(exc: BaseException) -> str:
-    parts, seen = [], set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        parts.append(str(exc))
-        exc = exc.__cause__ or exc.__context__
-    return "\n".join(parts)
 
 
 def translate_backend_error(exc: BaseException, backend: Backend,
@@ -334,7 +287,7 @@ def translate_backend_error(exc: BaseException, backend: Backend,
     names the ops.
     """
     resolve(registry)
-    text = _exception_text(exc)
+    text = chain_text(exc)
     if backend == "onnx":
         names = [f"{m['op']}.{m['ov']}" if m["op"] else m["other"].strip()
                  for m in _ONNX_MISSING.finditer(text)]

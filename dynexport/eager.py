@@ -13,10 +13,11 @@ from typing import Any
 
 import torch
 
+from dynexport import progress
 from dynexport.errors import summary
 from dynexport.hazards.conversions import Conversion, watch_conversions
 from dynexport.hazards.location import location_from_exception
-from dynexport.inputs import Inputs, flatten_outputs
+from dynexport.inputs import Inputs, flatten_outputs, make_probe
 from dynexport.names import InputKind
 from dynexport.script import Script
 from dynexport.stage import Run, Stage, StageFailed
@@ -46,6 +47,7 @@ def run_eager(model: torch.nn.Module, inputs: dict[InputKind, Inputs],
     call = eager_call(model, method)
     result = EagerRun()
     for kind, values in inputs.items():
+        progress.step(f"the {kind} input")
         produced: list[Any] = []
         try:
             result.conversions += watch_conversions(
@@ -59,10 +61,21 @@ def run_eager(model: torch.nn.Module, inputs: dict[InputKind, Inputs],
     return result
 
 
+def run_inputs(run: Run) -> dict[InputKind, Inputs]:
+    """The example and the probe every stage of this run uses. Under --static a probe of other
+    sizes cannot run on the fixed-size models: a generated probe of the example's sizes
+    replaces it."""
+    script = run.result("load", Script)
+    probe = script.probe
+    if run.options.static and [t.shape for t in probe.tensors()] != [
+            t.shape for t in script.example.tensors()]:
+        probe = make_probe(script.example)
+    return {"example": script.example, "probe": probe}
+
+
 def _run(run: Run) -> EagerRun:
     script = run.result("load", Script)
-    return run_eager(script.model, {"example": script.example, "probe": script.probe},
-                     script.method)
+    return run_eager(script.model, run_inputs(run), script.method)
 
 
 EAGER_STAGE = Stage("eager", _run, needs=("load",))

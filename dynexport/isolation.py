@@ -18,10 +18,12 @@ import os
 import pickle
 import signal
 import sys
+import threading
 import warnings
 from collections.abc import Callable
 from typing import TypeVar
 
+from dynexport import progress
 from dynexport.errors import format_traceback, summary
 
 T = TypeVar("T")
@@ -70,16 +72,22 @@ def run_isolated(step: Callable[[], T], what: str, enabled: bool = True) -> T:
     if not (enabled and can_isolate()):
         return step()
     read_end, write_end = os.pipe()
+    steps_read, steps_write = os.pipe()
     with warnings.catch_warnings():  # Python 3.12+ warns about forking a threaded process
         warnings.simplefilter("ignore", DeprecationWarning)
         pid = os.fork()
     if pid == 0:  # the child: never returns
         os.close(read_end)
-        _child(step, write_end)
+        os.close(steps_read)
+        _child(step, write_end, steps_write)
     os.close(write_end)
+    os.close(steps_write)
+    relay = threading.Thread(target=_relay_steps, args=(steps_read,), daemon=True)
+    relay.start()
     with os.fdopen(read_end, "rb") as pipe:
         payload = pipe.read()  # read before waiting: a large answer would fill the pipe
     _, status = os.waitpid(pid, 0)
+    relay.join()
     code = os.waitstatus_to_exitcode(status)
     if not payload:
         raise NativeCrash(what, code if code != 0 else 1)
@@ -89,7 +97,14 @@ def run_isolated(step: Callable[[], T], what: str, enabled: bool = True) -> T:
     return value
 
 
-def _child(step: Callable[[], object], write_end: int) -> None:
+def _relay_steps(steps_read: int) -> None:
+    """The child's progress steps, one name per line, to this process's listeners."""
+    with os.fdopen(steps_read, "r", encoding="utf-8") as lines:
+        for line in lines:
+            progress.step(line.rstrip("\n"))
+
+
+def _child(step: Callable[[], object], write_end: int, steps_write: int) -> None:
     code = 0
     try:
         import faulthandler
@@ -98,6 +113,8 @@ def _child(step: Callable[[], object], write_end: int) -> None:
 
         faulthandler.disable()  # a crash here is reported by the parent, not dumped twice
         torch.set_num_threads(1)
+        steps = os.fdopen(steps_write, "w", encoding="utf-8", buffering=1)
+        progress.replace_listeners(lambda name: steps.write(name.replace("\n", " ") + "\n"))
         try:
             answer = ("ok", step())
         except BaseException as exc:  # noqa: BLE001 - every exception goes back to the parent

@@ -23,7 +23,7 @@ from dynexport.conversion import (
     Decomposed,
 )
 from dynexport.coverage import OpCoverage, op_coverage, unsupported_ops
-from dynexport.eager import EAGER_STAGE, EagerRun
+from dynexport.eager import EAGER_STAGE, EagerRun, run_inputs
 from dynexport.errors import format_traceback, summary
 from dynexport.hazards.evidence import Evidence
 from dynexport.hazards.find import find_hazards
@@ -157,6 +157,11 @@ def evidence(state: Run) -> Evidence:
     script = state.result("load", Script)
     eager = state.evidence("eager", EagerRun)
     decomposed = state.result("decompose", Decomposed)
+    notes = []
+    if script is not None and eager is not None and state.options.static \
+            and run_inputs(state)["probe"] is not script.probe:
+        notes.append("--static: the script's probe has other sizes than the example, so a "
+                     "generated probe of the example's sizes was verified instead")
     failures = [failure for backend in ("onnx", "openvino")
                 if (failure := state.evidence(backend, ConversionFailure)) is not None]
     return Evidence(
@@ -167,7 +172,7 @@ def evidence(state: Run) -> Evidence:
         outputs=[leaf for outputs in eager.outputs.values() for leaf in outputs] if eager else [],
         capture=state.evidence("capture", Capture),
         unsupported_ops=[op for failure in failures for op in failure.unsupported_ops],
-        notes=[note for failure in failures for note in failure.notes],
+        notes=notes + [note for failure in failures for note in failure.notes],
         verification=state.results.get("verify") or [],
         example=script.example if script else None,
         replaced=decomposed.replaced if decomposed else [])

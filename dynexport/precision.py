@@ -39,7 +39,7 @@ from typing import Literal
 import numpy as np
 
 from dynexport.conversion import Converted
-from dynexport.eager import EagerRun
+from dynexport.eager import EagerRun, run_inputs
 from dynexport.inputs import Inputs
 from dynexport.isolation import run_isolated
 from dynexport.runtimes import DEFAULT_OPENVINO_CONFIG, OpenVINORunner, timings, to_numpy
@@ -320,7 +320,7 @@ def _run(run: Run) -> PrecisionResult:
     else on the example and the probe; in a child process like every runtime."""
     script, eager = run.result("load", Script), run.result("eager", EagerRun)
     f32 = run.result("openvino", Converted)
-    inputs = {"example": script.example, "probe": script.probe}
+    inputs = run_inputs(run)
     calibration = script.calibration() if script.calibration else list(inputs.values())
     names = eager.output_names() if eager else None
     return run_isolated(
@@ -330,4 +330,5 @@ def _run(run: Run) -> PrecisionResult:
 
 
 PRECISION_STAGE = Stage("precision", _run, needs=("openvino",),
-                        requested=lambda options: "" if options.precision == "f32" else None)
+                        requested=lambda options: "" if options.precision == "f32"
+                        else options.device_missing)

@@ -86,6 +86,23 @@ class OpenVINORunner:
         return [np.array(results[output]) for output in self.compiled.outputs]
 
 
+# Virtual devices that pick or combine physical ones; valid wherever one physical device is.
+_VIRTUAL_DEVICES = ("AUTO", "MULTI", "HETERO", "BATCH")
+
+
+def missing_device(device: str) -> str | None:
+    """None when OpenVINO can compile for `device` here, else a sentence naming the devices
+    this machine has."""
+    import openvino as ov
+
+    available = ov.Core().available_devices
+    name = device.split(":", 1)[0].split(".", 1)[0]
+    if name in _VIRTUAL_DEVICES or device in available or name in available:
+        return None
+    return (f"--device {device} is not on this machine; OpenVINO sees "
+            f"{', '.join(available) or 'no device'}")
+
+
 def open_runner(runtime: str, artifact: str | os.PathLike, device: str = "CPU",
                 config: dict | None = None) -> Runner:
     """A runner of `runtime` ("onnxruntime" or "openvino") on the artifact at `artifact`."""

@@ -26,6 +26,10 @@ class Options:
     precision: str = "f32"  # f32: verification's model is the one that ships
     layouts: tuple[str, ...] = ()  # serving repositories to write
     isolate: bool = True  # conversions and runtimes in child processes (isolation.py)
+    static: bool = False  # every dimension fixed to the example's (--static, for NPU)
+    # Why the OpenVINO device cannot run here (absent from this machine); stages that compile
+    # on it are skipped and the CLI exits 2 after writing the IR.
+    device_missing: str | None = None
 
 
 class StageFailed(RuntimeError):

@@ -13,14 +13,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from dynexport.eager import EagerRun
+from dynexport import progress
+from dynexport.eager import EagerRun, run_inputs
 from dynexport.errors import summary
 from dynexport.inputs import Inputs
 from dynexport.isolation import NativeCrash, run_isolated
 from dynexport.names import InputKind, RuntimeName
 from dynexport.runtimes import Runner, open_runner, to_numpy
-from dynexport.script import Script
-from dynexport.stage import Run, Stage
+from dynexport.stage import Options, Run, Stage
 
 # (rtol, atol as a fraction of the output's largest magnitude) per reference dtype. float64 gets
 # float32's: OpenVINO's CPU plugin and several onnxruntime kernels compute float64 in float32.
@@ -133,6 +133,7 @@ def verify(expected: dict[InputKind, list[tuple[str, Any]]], runner: Runner,
     race)."""
     records: list[Verification] = []
     for kind, values in inputs.items():
+        progress.step(f"{runner.name} on the {kind} input")
         records += _verify_input(runner, kind, to_numpy(values.tensors()), expected[kind],
                                  repeats)
     return records
@@ -185,6 +186,7 @@ def verify_artifact(runtime: RuntimeName, artifact: Path, device: str,
     """Open `artifact` in `runtime` and verify it, in a child process: a crash while compiling
     or running becomes failed records naming the signal."""
     def opened_and_verified() -> list[Verification]:
+        progress.step(f"{runtime}: compiling {artifact.name}")
         try:
             runner = open_runner(runtime, artifact, device)
         except Exception as exc:  # a model the runtime cannot compile fails every record
@@ -204,8 +206,7 @@ def _failed_everywhere(runtime: RuntimeName, expected: dict[InputKind, list[tupl
 
 
 def _run(run: Run) -> list[Verification]:
-    script, eager = run.result("load", Script), run.result("eager", EagerRun)
-    inputs = {"example": script.example, "probe": script.probe}
+    eager, inputs = run.result("eager", EagerRun), run_inputs(run)
     records: list[Verification] = []
     for stage, runtime in (("onnx", "onnxruntime"), ("openvino", "openvino")):
         artifact = run.results.get(stage)
@@ -215,5 +216,9 @@ def _run(run: Run) -> list[Verification]:
     return records
 
 
+def _requested(options: Options) -> str | None:
+    return "--no-verify" if not options.verify else options.device_missing
+
+
 VERIFY_STAGE = Stage("verify", _run, needs=("eager",), needs_any=("onnx", "openvino"),
-                     requested=lambda options: None if options.verify else "--no-verify")
+                     requested=_requested)

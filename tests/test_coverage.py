@@ -13,10 +13,10 @@ from dynexport.coverage import (
     coverage_table,
     op_coverage,
     translate_backend_error,
-    unsupported_op_hazards,
     unsupported_ops,
 )
 from dynexport.custom_ops.registry import OpRegistry
+from dynexport.hazards.unsupported_op import unsupported_op_hazard
 
 
 @torch.library.custom_op("dynexport_test::warp", mutates_args=())
@@ -96,7 +96,7 @@ def test_unsupported_ops_name_op_backend_and_line(records):
 
 
 def test_hazards(records):
-    hazards = unsupported_op_hazards(records)
+    hazards = [unsupported_op_hazard(op) for op in records]
     assert len(hazards) == len(records)
     for hazard, record in zip(hazards, records, strict=True):
         assert (hazard.category, hazard.severity) == ("unsupported_op", "error")

@@ -14,8 +14,9 @@ import torch
 from torch import Tensor
 
 import dynexport
-from dynexport.coverage import unsupported_op_hazards, unsupported_ops
+from dynexport.coverage import unsupported_ops
 from dynexport.custom_ops import registry
+from dynexport.hazards.unsupported_op import unsupported_op_hazard
 
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}
 CALLS: Counter = Counter()  # which translation each conversion used
@@ -259,6 +260,6 @@ def test_untranslated_ops_are_unsupported_op_hazards_at_the_call_site():
     for (op, _backend), rec in found.items():
         assert Path(rec.file).resolve() == Path(__file__).resolve()
         assert rec.line == _line_of(f"{op.split('.')[1]} call site")
-    hazards = unsupported_op_hazards(records)
+    hazards = [unsupported_op_hazard(op) for op in records]
     assert {(h.category, h.severity) for h in hazards} == {("unsupported_op", "error")}
     assert all("kit_test." in h.message and h.file and h.line for h in hazards)

@@ -121,3 +121,19 @@ def test_attribute_reads_of_a_masked_tensor_are_not_branches_on_its_length():
     report = dynexport.explain(Filters(), (torch.rand(20, 4), torch.rand(20)))
     flagged = [h for h in report.hazards if "is_quantized" in (h.code or "")]
     assert flagged == []
+
+
+def test_a_mistake_in_dynexports_own_code_is_reported_as_a_dynexport_bug(cli, tmp_path,
+                                                                         monkeypatch):
+    import dynexport.capture
+
+    # A capture that returns something else than a Capture: decompose then trips inside
+    # dynexport's own code (conversion.py), which must be called a dynexport bug.
+    monkeypatch.setattr(dynexport.capture, "capture", lambda *args, **kwargs: object())
+    out = tmp_path / "out"
+    code, _, _ = cli("--out", out, "--debug", REPO / "examples" / "convnet.py")
+    assert code == 1
+    stages = {s["name"]: s for s in read_report(out)["stages"]}
+    error = stages["decompose"]["error"]
+    assert error.startswith("dynexport bug: AttributeError") and "not your model" in error
+    assert (out / "traceback_decompose.txt").read_text().count("conversion.py") >= 1

@@ -10,6 +10,7 @@ import onnx
 import torch
 from torch.export import ExportedProgram
 
+from dynexport import progress
 from dynexport.adapters.torch_export import isolated_shape_env
 from dynexport.custom_ops.registry import OpRegistry, resolve
 from dynexport.quiet import quiet_torch
@@ -29,6 +30,7 @@ def to_onnx(program: ExportedProgram, path: str | os.PathLike,
             # Weights stay inside model.onnx unless the model is too large for one protobuf.
             external_data=False,
         )
+    progress.step("saving and checking model.onnx")
     onnx_program.save(path, external_data=_too_large_for_protobuf(onnx_program))
     onnx.checker.check_model(str(path), full_check=True)
     return path

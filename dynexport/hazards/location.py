@@ -10,10 +10,12 @@ import os
 import re
 import sys
 import sysconfig
+import traceback
 from collections.abc import Iterable
 
 import torch
 
+from dynexport.errors import exception_chain
 from dynexport.hazards.records import SourceLocation
 
 _LIBRARY_ROOTS = tuple(
@@ -73,32 +75,25 @@ def location_from_stack_trace(stack_trace: str | None) -> SourceLocation | None:
     return innermost_user_frame(frames)
 
 
+def _user_line(walk) -> SourceLocation | None:
+    """The user's innermost line among `(frame, line)` pairs ordered outermost first."""
+    return innermost_user_frame((frame.f_code.co_filename, line) for frame, line in walk)
+
+
 def location_from_traceback(tb) -> SourceLocation | None:
     """The user's innermost line in a Python traceback object."""
-    frames = []
-    while tb is not None:
-        frames.append((tb.tb_frame.f_code.co_filename, tb.tb_lineno))
-        tb = tb.tb_next
-    return innermost_user_frame(frames)
+    return _user_line(traceback.walk_tb(tb))
 
 
 def location_from_exception(exc: BaseException) -> SourceLocation | None:
     """The user's line for an exception, following its cause/context chain."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        loc = location_from_traceback(exc.__traceback__)
+    for link in exception_chain(exc):
+        loc = location_from_traceback(link.__traceback__)
         if loc is not None:
             return loc
-        exc = exc.__cause__ or exc.__context__
     return None
 
 
 def current_user_frame() -> SourceLocation | None:
     """The user's innermost line in the current Python call stack."""
-    frames = []
-    frame = sys._getframe(1)
-    while frame is not None:
-        frames.append((frame.f_code.co_filename, frame.f_lineno))
-        frame = frame.f_back
-    return innermost_user_frame(reversed(frames))
+    return _user_line(reversed(list(traceback.walk_stack(sys._getframe(1)))))
