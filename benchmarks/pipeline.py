@@ -5,8 +5,11 @@
 Each run is a fresh `python` process, as `python -m dynexport` is: interpreter start and
 imports count in the wall time. The child runs `dynexport.pipeline.run` (what the CLI runs)
 with an observer that samples its resident memory during each stage; the parent measures the
-wall time and the child's peak RSS (getrusage). Without a script it runs
-`examples/flashocc.py` (M0) with ranks in the graph and precomputed.
+wall time and the peak RSS (getrusage) of the pipeline's process and of the largest of the
+processes it forks for conversions and runtimes. Every step a stage announces
+(`dynexport.progress.step`: each capture strategy, each conversion's export and save, each
+runtime's compile and inputs) is timed too, for the per-step breakdown. Without a script it
+runs `examples/flashocc.py` (M0) with ranks in the graph and precomputed.
 """
 
 from __future__ import annotations
@@ -31,27 +34,47 @@ DEFAULT_CASES = {"M0, ranks in the graph": FLASHOCC,
 
 def child(out: str, script: str, script_args: list[str]) -> None:
     """Run the pipeline in this process; write per-stage seconds and peak RSS to out."""
+    from dynexport import progress
     from dynexport.pipeline import Options, run
 
     class Sampling:
         def __init__(self, sampler: PeakRSS):
-            self.sampler, self.stages = sampler, []
+            self.sampler, self.stages, self.steps = sampler, [], []
+
+            self.open: dict[str, tuple[str, float]] = {}  # stage -> (its current step, start)
+            self.latest = ""
 
         def started(self, name: str) -> None:
             self.start = self.sampler.reset()
+            self.latest, self.open[name] = name, ("(start)", time.perf_counter())
+
+        def step(self, name: str, stage: str | None = None) -> None:
+            stage = stage or self.latest
+            self._close_step(stage)
+            self.open[stage] = (name, time.perf_counter())
+
+        def _close_step(self, stage: str) -> None:
+            if stage in self.open:
+                name, start = self.open.pop(stage)
+                self.steps.append({"stage": stage, "step": name,
+                                   "seconds": time.perf_counter() - start})
 
         def finished(self, record, error) -> None:
+            self._close_step(record.name)
             self.stages.append({"name": record.name, "status": record.status,
                                 "seconds": record.seconds, "rss_start": self.start,
                                 "rss_peak": self.sampler.peak})
 
     with PeakRSS() as sampler:
         observer = Sampling(sampler)
-        report = run(script, script_args, Options(out_dir=Path(out) / "artifacts"),
-                     observer=observer)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # the process's own peak
+        with progress.listening(observer.step):
+            report = run(script, script_args, Options(out_dir=Path(out) / "artifacts"),
+                         observer=observer)
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # the process's own peak
+    forked = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # largest child
     Path(out, "stages.json").write_text(json.dumps(
-        {"ok": report.ok, "stages": observer.stages, "peak_rss": peak}, indent=1))
+        {"ok": report.ok, "stages": observer.stages, "steps": observer.steps,
+         "peak_rss": own, "peak_rss_children": forked}, indent=1))
 
 
 def measure(script_args: list[str]) -> dict:
@@ -81,8 +104,21 @@ def table(results: dict[str, list[dict]]) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     walls = [sorted(r["wall_seconds"] for r in runs)[len(runs) // 2] for runs in results.values()]
     peaks = [max(r["peak_rss"] for r in runs) for runs in results.values()]
+    children = [max(r.get("peak_rss_children", 0) for r in runs) for runs in results.values()]
     lines.append("| **whole command (wall)** | " + " | ".join(
         f"**{w:.1f}** | **{p / 1e9:.2f}**" for w, p in zip(walls, peaks, strict=True)) + " |")
+    lines.append("| largest forked child (peak RSS, shares the parent's pages) | " + " | ".join(
+        f" | {c / 1e9:.2f}" for c in children) + " |")
+    return "\n".join(lines)
+
+
+def step_table(results: dict[str, list[dict]]) -> str:
+    """Seconds per step (the first run of each case), in the order they ran."""
+    lines = []
+    for case, runs in results.items():
+        lines += [f"\n{case}\n", "| stage | step | seconds |", "|---|---|---:|"]
+        lines += [f"| {s['stage']} | {s['step']} | {s['seconds']:.2f} |"
+                  for s in runs[0]["steps"]]
     return "\n".join(lines)
 
 
@@ -111,6 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     print(describe(info))
     print(", ".join(f"{k} {v}" for k, v in versions().items() if v) + "\n")
     print(table(results))
+    print(step_table(results))
     if args.json:
         args.json.write_text(json.dumps({"machine": info, "versions": versions(),
                                          "load_average": os.getloadavg(),

@@ -40,11 +40,12 @@ class StageProgress:
         self.current = name
         self.tasks[name] = self.progress.add_task(f"{name} …", total=1)
 
-    def step(self, name: str) -> None:
-        """A step inside the running stage: shown on its live line (a terminal only)."""
-        task = self.tasks.get(self.current or "")
+    def step(self, name: str, stage: str | None = None) -> None:
+        """A step inside a running stage: shown on its live line (a terminal only)."""
+        stage = stage or self.current or ""
+        task = self.tasks.get(stage)
         if task is not None and self.console.is_terminal:
-            self.progress.update(task, description=f"{self.current} · {name} …")
+            self.progress.update(task, description=f"{stage} · {name} …")
 
     def finished(self, record: StageRecord, error: BaseException | None) -> None:
         task = self.tasks.get(record.name)

@@ -8,6 +8,7 @@ a conversion that succeeds needs no second pass)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from dynexport.decompositions import decompose, decomposition_table
 from dynexport.errors import one_line, summary
 from dynexport.hazards.location import location_from_stack_trace
 from dynexport.hazards.records import SourceLocation, UnsupportedOp
-from dynexport.isolation import run_isolated
+from dynexport.isolation import start_isolated
 from dynexport.names import Backend
 from dynexport.quiet import quiet_torch
 from dynexport.script import Script
@@ -110,15 +111,16 @@ def convert(program: ExportedProgram, backend: Backend, out_dir: Path,
 
 
 def _conversion_stage(backend: Backend) -> Stage:
-    def run_stage(run: Run) -> Converted:
+    def start_stage(run: Run) -> Callable[[], Converted]:
         program = run.result("decompose", Decomposed).program
         static = [tuple(t.shape) for t in run.result("load", Script).example.tensors()] \
             if run.options.static else None
-        return run_isolated(lambda: convert(program, backend, run.options.out_dir, static),
-                            f"the {backend} conversion", run.options.isolate)
+        return start_isolated(lambda: convert(program, backend, run.options.out_dir, static),
+                              f"the {backend} conversion", run.options.isolate, backend).result
 
-    return Stage(backend, run_stage, needs=("decompose",),
-                 requested=lambda options: None if backend in options.targets else "")
+    return Stage(backend, lambda run: start_stage(run)(), needs=("decompose",),
+                 requested=lambda options: None if backend in options.targets else "",
+                 start=start_stage)
 
 
 DECOMPOSE_STAGE = Stage("decompose", _decompose, needs=("capture",))

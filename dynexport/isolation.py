@@ -21,7 +21,7 @@ import sys
 import threading
 import warnings
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from dynexport import progress
 from dynexport.errors import format_traceback, summary
@@ -69,39 +69,74 @@ def run_isolated(step: Callable[[], T], what: str, enabled: bool = True) -> T:
     """`step()` in a forked child; its result, or its exception re-raised here, or NativeCrash
     naming `what` when the child dies. Runs in-process where forking is unavailable or
     `enabled` is False."""
+    return start_isolated(step, what, enabled).result()
+
+
+class Pending(Generic[T]):
+    """A step running in a child process; `result()` waits for it."""
+
+    def __init__(self, step: Callable[[], T], what: str, stage: str | None):
+        self.what = what
+        read_end, write_end = os.pipe()
+        steps_read, steps_write = os.pipe()
+        with warnings.catch_warnings():  # Python 3.12+ warns about forking a threaded process
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.pid = os.fork()
+        if self.pid == 0:  # the child: never returns
+            os.close(read_end)
+            os.close(steps_read)
+            _child(step, write_end, steps_write)
+        os.close(write_end)
+        os.close(steps_write)
+        self.answer = os.fdopen(read_end, "rb")
+        self.relay = threading.Thread(target=_relay_steps, args=(steps_read, stage),
+                                      daemon=True)
+        self.relay.start()
+
+    def result(self) -> T:
+        with self.answer:
+            payload = self.answer.read()  # before waiting: a large answer fills the pipe
+        _, status = os.waitpid(self.pid, 0)
+        self.relay.join()
+        code = os.waitstatus_to_exitcode(status)
+        if not payload:
+            raise NativeCrash(self.what, code if code != 0 else 1)
+        kind, value = pickle.loads(payload)
+        if kind == "error":
+            raise value
+        return value
+
+
+class _Done(Generic[T]):
+    """The in-process stand-in of Pending: the step already ran."""
+
+    def __init__(self, step: Callable[[], T]):
+        try:
+            self.value, self.error = step(), None
+        except Exception as exc:
+            self.value, self.error = None, exc
+
+    def result(self) -> T:
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def start_isolated(step: Callable[[], T], what: str, enabled: bool = True,
+                   stage: str | None = None) -> Pending[T] | _Done[T]:
+    """Start `step()` in a forked child and return at once (several children may run side by
+    side: two conversions use both cores). `stage` names the stage the child's progress steps
+    belong to. In-process, the step runs now."""
     if not (enabled and can_isolate()):
-        return step()
-    read_end, write_end = os.pipe()
-    steps_read, steps_write = os.pipe()
-    with warnings.catch_warnings():  # Python 3.12+ warns about forking a threaded process
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
-    if pid == 0:  # the child: never returns
-        os.close(read_end)
-        os.close(steps_read)
-        _child(step, write_end, steps_write)
-    os.close(write_end)
-    os.close(steps_write)
-    relay = threading.Thread(target=_relay_steps, args=(steps_read,), daemon=True)
-    relay.start()
-    with os.fdopen(read_end, "rb") as pipe:
-        payload = pipe.read()  # read before waiting: a large answer would fill the pipe
-    _, status = os.waitpid(pid, 0)
-    relay.join()
-    code = os.waitstatus_to_exitcode(status)
-    if not payload:
-        raise NativeCrash(what, code if code != 0 else 1)
-    kind, value = pickle.loads(payload)
-    if kind == "error":
-        raise value
-    return value
+        return _Done(step)
+    return Pending(step, what, stage)
 
 
-def _relay_steps(steps_read: int) -> None:
+def _relay_steps(steps_read: int, stage: str | None) -> None:
     """The child's progress steps, one name per line, to this process's listeners."""
     with os.fdopen(steps_read, "r", encoding="utf-8") as lines:
         for line in lines:
-            progress.step(line.rstrip("\n"))
+            progress.step(line.rstrip("\n"), stage)
 
 
 def _child(step: Callable[[], object], write_end: int, steps_write: int) -> None:
@@ -114,7 +149,8 @@ def _child(step: Callable[[], object], write_end: int, steps_write: int) -> None
         faulthandler.disable()  # a crash here is reported by the parent, not dumped twice
         torch.set_num_threads(1)
         steps = os.fdopen(steps_write, "w", encoding="utf-8", buffering=1)
-        progress.replace_listeners(lambda name: steps.write(name.replace("\n", " ") + "\n"))
+        progress.replace_listeners(
+            lambda name, stage=None: steps.write(name.replace("\n", " ") + "\n"))
         try:
             answer = ("ok", step())
         except BaseException as exc:  # noqa: BLE001 - every exception goes back to the parent

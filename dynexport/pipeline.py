@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -76,34 +77,67 @@ def execute(state: Run, plan: list[Stage], observer: StageObserver | None = None
             debug: bool = False) -> Run:
     """Run `plan`'s stages on `state` in order. A ScriptError (the script is unusable, exit
     status 2), from whichever stage calls the script's functions, ends the run."""
+    waiting: list[Callable[[], None]] = []  # stages started side by side, in plan order
     for stage in plan:
-        _run_stage(state, stage, observer, debug)
+        if stage.start is None or _missing_needs(state, stage):
+            for finish in waiting:
+                finish()
+            waiting = []
+        finish = _launch(state, stage, observer, debug)
+        if finish is not None and stage.start is not None:
+            waiting.append(finish)
+        elif finish is not None:
+            finish()
         if isinstance(state.errors.get(stage.name), ScriptError):
             raise state.errors[stage.name]
+    for finish in waiting:
+        finish()
     return state
 
 
-def _run_stage(state: Run, stage: Stage, observer: StageObserver | None, debug: bool) -> None:
+def _launch(state: Run, stage: Stage, observer: StageObserver | None,
+            debug: bool) -> Callable[[], None] | None:
+    """Start `stage` (or record why it is skipped); the returned function waits for it and
+    records how it went."""
     why_not = stage.requested(state.options)
     if why_not == "":
-        return  # not part of this run
+        return None  # not part of this run
     why_not = why_not or _missing_needs(state, stage)
     if why_not:
         _record(state, observer, StageRecord(stage.name, "skipped", error=why_not), None)
-        return
+        return None
     if observer:
         observer.started(stage.name)
     start = time.perf_counter()
-    record = StageRecord(stage.name, "ok")
-    error: BaseException | None = None
     try:
-        state.results[stage.name] = result = stage.run(state)
-        record.artifact = getattr(result, "artifact", None)
+        wait = stage.start(state) if stage.start else _ready(stage.run(state))
     except Exception as exc:  # a failed stage is recorded; later stages still run
-        error = state.errors[stage.name] = exc
-        record.status, record.error = "failed", _error_text(exc, state, stage.name, debug)
-    record.seconds = round(time.perf_counter() - start, 3)
-    _record(state, observer, record, error)
+        wait = _raiser(exc)
+
+    def finish() -> None:
+        record = StageRecord(stage.name, "ok")
+        error: BaseException | None = None
+        try:
+            state.results[stage.name] = result = wait()
+            record.artifact = getattr(result, "artifact", None)
+        except Exception as exc:  # a failed stage is recorded; later stages still run
+            error = state.errors[stage.name] = exc
+            record.status, record.error = "failed", _error_text(exc, state, stage.name, debug)
+        record.seconds = round(time.perf_counter() - start, 3)
+        _record(state, observer, record, error)
+
+    return finish
+
+
+def _ready(value: object) -> Callable[[], object]:
+    return lambda: value
+
+
+def _raiser(exc: Exception) -> Callable[[], None]:
+    def wait() -> None:
+        raise exc
+
+    return wait
 
 
 def _record(state: Run, observer: StageObserver | None, record: StageRecord,

@@ -10,14 +10,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-Listener = Callable[[str], None]
+Listener = Callable[[str, "str | None"], None]
 _listeners: list[Listener] = []
 
 
-def step(name: str) -> None:
-    """Announce that `name` starts now (and the previous step of the stage has ended)."""
+def step(name: str, stage: str | None = None) -> None:
+    """Announce that `name` starts now (and the previous step of the stage has ended).
+    `stage`: which stage it belongs to, where several run at once (None: the latest)."""
     for listener in _listeners:
-        listener(name)
+        listener(name, stage)
 
 
 @contextmanager

@@ -51,13 +51,17 @@ class Stage:
     `needs`: stages that must have succeeded; `needs_any`: at least one of these must have.
     `requested`: None when the options ask for this stage, else why it is skipped (e.g.
     "--no-verify"); a stage whose `requested` returns "" is left out of the run altogether.
-    `run` returns the stage's result (kept by the run under the stage's name) or raises."""
+    `run` returns the stage's result (kept by the run under the stage's name) or raises.
+    `start`, where given, starts the same work and returns at once a function that waits for
+    the result: the pipeline starts such stages side by side (the two conversions, in child
+    processes, use both cores) and waits for them before the next stage that is not."""
 
     name: StageName
     run: Callable[[Run], Any]
     needs: tuple[StageName, ...] = ()
     needs_any: tuple[StageName, ...] = ()
     requested: Callable[[Options], str | None] = lambda options: None
+    start: Callable[[Run], Callable[[], Any]] | None = None
 
 
 @dataclass

@@ -87,6 +87,6 @@ def test_steps_of_an_isolated_child_reach_the_parents_listener():
         progress.step("openvino on the example input")
         return 7
 
-    with progress.listening(heard.append):
+    with progress.listening(lambda name, stage: heard.append(name)):
         assert run_isolated(child_work, "a step") == 7
     assert heard == ["compiling model.xml", "openvino on the example input"]
