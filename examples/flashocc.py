@@ -6,12 +6,20 @@ setups. The model is `flashocc/` next to this script (see docs/flashocc.md).
     python -m dynexport examples/flashocc.py --variant legacy      # the seed's code, diagnosed
     python -m dynexport examples/flashocc.py --config tiny         # the same structure, small
     python -m dynexport examples/flashocc.py --checkpoint flashocc-r50-M0-256x704.pth
+    python -m dynexport examples/flashocc.py --config small        # trained on generated scenes
 
 Without --checkpoint the weights are random (seeded); with it, a FlashOCC checkpoint of the
-config is loaded (--config m0: flashocc-r50-M0, m1: flashocc-r50).
+config is loaded (--config m0: flashocc-r50-M0, m1: flashocc-r50). --config small loads the
+shipped checkpoint (flashocc/checkpoints/small.pt, trained by `python -m examples.flashocc.train`
+on procedural scenes) unless --checkpoint is given.
+
+get_validation_data() and metric() evaluate Occ3D's mIoU on held-out generated scenes
+(flashocc/world.py, flashocc/metric.py): the targets are the ground-truth grids with 255 where
+no camera sees (Occ3D's camera mask).
 """
 
 import argparse
+import math
 import sys
 
 import torch
@@ -25,6 +33,9 @@ from flashocc import (
 )
 from flashocc.cameras import camera_rig, probe_augmentation
 from flashocc.legacy import FlashOccLegacy, FlashOccLegacyTRT
+from flashocc.metric import ConfusionMatrix
+from flashocc.train import CHECKPOINT, target, validation_scenes
+from flashocc.world import CLASS_NAMES
 
 CAMERA_KEYS = ("sensor2ego", "ego2global", "intrinsics", "post_rots", "post_trans", "bda")
 
@@ -33,14 +44,19 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="examples/flashocc.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", choices=sorted(CONFIGS), default="m0",
-                        help="m0: flashocc-r50-M0 (default), m1: flashocc-r50, tiny: for tests")
+                        help="m0: flashocc-r50-M0 (default), m1: flashocc-r50, tiny: for tests, "
+                             "small: trained on generated scenes")
     parser.add_argument("--ranks", choices=("graph", "precomputed"), default="graph",
                         help="compute the BEV pooling ranks in the graph from the cameras "
                              "(default), or take them as int32 inputs")
     parser.add_argument("--variant", choices=("export", "legacy"), default="export",
                         help="export: the export-ready model (default); legacy: the seed's code")
-    parser.add_argument("--checkpoint", help="a FlashOCC .pth to load instead of random weights")
-    return parser.parse_args(argv)
+    parser.add_argument("--checkpoint", help="a FlashOCC .pth to load instead of random weights "
+                                             "(--config small: the shipped one by default)")
+    args = parser.parse_args(argv)
+    if args.checkpoint is None and args.config == "small":
+        args.checkpoint = str(CHECKPOINT)
+    return args
 
 
 ARGS = _arguments(sys.argv[1:])
@@ -92,3 +108,38 @@ def get_calibration_inputs():
     images, every other one with the probe's kind of augmentation."""
     return [_inputs(camera_rig(CONFIG, seed=10 + i, **(
         {"augmentation": probe_augmentation(CONFIG)} if i % 2 else {}))) for i in range(8)]
+
+
+VALIDATION_SCENES = 8 if ARGS.config == "small" else 4
+
+
+def get_validation_data():
+    """Held-out generated scenes (seeds disjoint from training): (inputs, target) pairs, the
+    inputs in get_inputs()'s form, the target the (Dx, Dy, Dz) uint8 ground truth with 255 where
+    no camera sees."""
+    return [(_inputs({"images": scene.images, **scene.cameras}), target(scene))
+            for scene in validation_scenes(CONFIG, VALIDATION_SCENES)]
+
+
+def _labels(output) -> torch.Tensor:
+    """The occupancy labels (Dx, Dy, Dz) of one model output: the "occupancy" entry of a dict,
+    or the first of a sequence."""
+    if isinstance(output, dict):
+        output = output["occupancy"]
+    elif isinstance(output, (list, tuple)):
+        output = output[0]
+    labels = torch.as_tensor(output)
+    return labels[0] if labels.dim() == 4 else labels
+
+
+def metric(outputs, targets) -> dict[str, float]:
+    """Occ3D's mIoU in points (per class IoU over all scenes' visible voxels, `free` left out
+    of the mean), then each class's IoU ("IoU car", ...) for the classes that occur."""
+    matrix = ConfusionMatrix()
+    for output, grid in zip(outputs, targets, strict=True):
+        matrix.update(_labels(output), torch.as_tensor(grid))
+    result = {"mIoU": matrix.miou()}
+    for name, iou in zip(CLASS_NAMES, matrix.iou().tolist(), strict=True):
+        if not math.isnan(iou):
+            result[f"IoU {name}"] = iou * 100
+    return result

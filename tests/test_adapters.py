@@ -289,3 +289,16 @@ def test_openvino_quiet_filters_only_openvino_records():
     with openvino_frontend.quiet_openvino():
         assert not root.filter(ours) and root.filter(other)
     assert root.filter(ours)
+
+
+def test_torch_export_has_unbacked_size_sees_data_dependent_lengths():
+    from dynexport.adapters.torch_export import has_unbacked_size
+
+    class Kept(torch.nn.Module):
+        def forward(self, x):
+            return x[x > 0], x * 2
+
+    program = torch.export.export(Kept(), (torch.randn(6),))
+    output = next(n for n in program.graph.nodes if n.op == "output")
+    assert [has_unbacked_size(node.meta["val"]) for node in output.args[0]] == [True, False]
+    assert not has_unbacked_size(None)

@@ -6,6 +6,7 @@ environment of its own and runs this file there."""
 import argparse
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import read_report
@@ -22,28 +23,32 @@ CONFIGS = Path(mmdet3d.__file__).parent / ".mim" / "configs"
 SMOKE = CONFIGS / "smoke" / "smoke_dla34_dlaneck_gn-all_4xb8-6x_kitti-mono3d.py"
 FCOS3D = CONFIGS / "fcos3d" / "fcos3d_r101-caffe-dcn_fpn_head-gn_8xb2-1x_nus-mono3d.py"
 POINTPILLARS = CONFIGS / "pointpillars" / "pointpillars_hv_secfpn_8xb6-160e_kitti-3d-car.py"
-# Plain convolutions in place of DCN (DCNv2 needs mmcv's compiled ops).
+# Plain convolutions in place of DCN (faster; DCN itself runs on dynexport's deform_conv2d).
 SMOKE_NO_DCN = ["model.neck.use_dcn=False"]
 FCOS3D_NO_DCN = ["model.backbone.dcn=None",
                  "model.backbone.stage_with_dcn=(False,False,False,False)",
                  "model.bbox_head.dcn_on_last_conv=False"]
-DCN_OP = "mmcv_standin.modulated_deform_conv2d.default"
+
+
+FCOS3D_OUTPUTS = ["cls_scores", "bbox_preds", "dir_cls_preds", "attr_preds", "centernesses"]
 
 
 @pytest.mark.parametrize("config, size, overrides, head, outputs", [
     (SMOKE, "96x320", SMOKE_NO_DCN, "smoke_mono3d_head.py", ["cls_scores", "bbox_preds"]),
-    (FCOS3D, "96x160", FCOS3D_NO_DCN, "fcos_mono3d_head.py",
-     ["cls_scores", "bbox_preds", "dir_cls_preds", "attr_preds", "centernesses"]),
-], ids=["smoke", "fcos3d"])
+    (FCOS3D, "96x160", FCOS3D_NO_DCN, "fcos_mono3d_head.py", FCOS3D_OUTPUTS),
+    # As shipped, DCN included (dynexport::deform_conv2d, through the mmcv stand-in).
+    (SMOKE, "96x320", [], "smoke_mono3d_head.py", ["cls_scores", "bbox_preds"]),
+    (FCOS3D, "96x160", [], "fcos_mono3d_head.py", FCOS3D_OUTPUTS),
+], ids=["smoke", "fcos3d", "smoke_dcn", "fcos3d_dcn"])
 def test_shipped_config_exports_converts_and_verifies(cli, tmp_path, config, size, overrides,
                                                       head, outputs):
     out = tmp_path / "out"
-    code, stdout, _ = cli("--out", out, "--mmdet3d", config, "--input-size", size,
-                          "--cfg-options", *overrides)
+    options = ["--cfg-options", *overrides] if overrides else []
+    code, stdout, _ = cli("--out", out, "--mmdet3d", config, "--input-size", size, *options)
     assert code == 0, stdout
     report = read_report(out)
     assert report["ok"] and report["capture"]["strategy"] == "strict"
-    assert [s["status"] for s in report["stages"]] == ["ok"] * 6
+    assert [s["status"] for s in report["stages"]] == ["ok"] * 7
     checked = {(v["runtime"], v["inputs"]) for v in report["verification"]}
     assert checked == {(r, i) for r in ("onnxruntime", "openvino") for i in ("example", "probe")}
     assert all(v["passed"] for v in report["verification"])
@@ -57,33 +62,45 @@ def test_shipped_config_exports_converts_and_verifies(cli, tmp_path, config, siz
     assert "not in the graph" in note["message"]
 
 
-def test_dcn_config_is_an_unsupported_op_hazard_at_the_mmcv_line(cli, tmp_path):
-    out = tmp_path / "out"
-    code, _, _ = cli("--out", out, "--mmdet3d", SMOKE, "--input-size", "96x320")  # DCN as shipped
-    assert code == 1
-    report = read_report(out)
-    status = {s["name"]: s["status"] for s in report["stages"]}
-    assert status == {"load": "ok", "capture": "ok", "decompose": "ok", "onnx": "failed",
-                      "openvino": "failed", "verify": "skipped"}
-    assert {(op["op"], op["backend"]) for op in report["unsupported_ops"]} == {
-        (DCN_OP, "onnx"), (DCN_OP, "openvino")}
-    assert all(op["file"].endswith("mmcv/ops/modulated_deform_conv.py")
-               for op in report["unsupported_ops"])
-    hazards = [h for h in report["hazards"] if h["category"] == "unsupported_op"]
-    assert len(hazards) == 2 and all(h["severity"] == "error" for h in hazards)
-    assert all(DCN_OP in h["message"] and "modulated_deform_conv2d(" in h["code"]
-               for h in hazards)
+def _randomised(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """mmcv zero-initialises conv_offset (zero offsets, mask 0.5); random weights make the
+    offsets and the mask matter."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.copy_(torch.randn_like(parameter) * 0.5)
+    return module.eval()
 
 
 @pytest.mark.skipif(mmcv_standin.has_compiled_ops(), reason="mmcv has its compiled ops here")
-def test_dcn_called_eagerly_raises_a_clear_error():
-    mmcv_standin.install()
-    from mmcv.ops import ModulatedDeformConv2dPack
+@pytest.mark.parametrize("modulated", [True, False], ids=["dcn_v2", "dcn_v1"])
+def test_mmcv_dcn_runs_on_dynexport_op_with_mmcv_layout(modulated):
+    """mmcv's DeformConv2dPack / ModulatedDeformConv2dPack, eager, against the NumPy loop
+    reference of tests/test_deform_conv.py fed with the offsets and mask mmcv's forward makes
+    (ModulatedDeformConv2dPack: cat of the first two thirds of conv_offset, sigmoid of the last
+    third)."""
+    from test_deform_conv import loop_reference
 
-    with pytest.raises(mmcv_standin.MmcvOpUnavailable,
-                       match=r"modulated_deform_conv_forward.*modulated_deform_conv\.py:\d+.*"
-                             r"mmcv-lite"):
-        ModulatedDeformConv2dPack(4, 4, 3, padding=1)(torch.randn(1, 4, 8, 8))
+    mmcv_standin.install()
+    from mmcv.ops import DeformConv2dPack, ModulatedDeformConv2dPack
+
+    cls = ModulatedDeformConv2dPack if modulated else DeformConv2dPack
+    layer = _randomised(cls(4, 6, 3, stride=(2, 1), padding=1, dilation=(1, 2), groups=2,
+                            deform_groups=2, bias=modulated), seed=3)
+    x = torch.randn(2, 4, 9, 10, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        out = layer(x)
+        predicted = layer.conv_offset(x)
+        mask = None
+        if modulated:
+            dy_dx, mask = predicted[:, :36], torch.sigmoid(predicted[:, 36:]).numpy()
+            offset = dy_dx.numpy()
+        else:
+            offset = predicted.numpy()
+    bias = layer.bias.detach().numpy() if modulated else None
+    expected = loop_reference(x.numpy(), offset, layer.weight.detach().numpy(), bias, (2, 1),
+                              (1, 1), (1, 2), mask)
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5, atol=1e-5)
 
 
 def _checkpoint(tmp_path, state: dict, **extra) -> Path:

@@ -161,3 +161,11 @@ def is_higher_order(target: object, name: str | None = None) -> bool:
     """True if `target` is a higher-order operator (named `name`, if given)."""
     return isinstance(target, HigherOrderOperator) and (name is None or target.name() == name)
 
+
+
+def has_unbacked_size(value: object) -> bool:
+    """True for a fake tensor with a size that depends on data (an unbacked symbol, u0):
+    the output of nonzero, of a boolean mask, of nms."""
+    from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
+
+    return isinstance(value, torch.Tensor) and bool(free_unbacked_symbols(value.shape))

@@ -14,14 +14,15 @@ from collections.abc import Callable
 import torch
 from torch.export import ExportedProgram
 
+from dynexport.adapters.torch_export import OpOverload
 from dynexport.decompositions import grid_sample, inverse, scatter
 
 __all__ = ["decompose", "decomposition_table", "program_ops"]
 
 
-def decomposition_table() -> dict[torch._ops.OpOverload, Callable]:
+def decomposition_table() -> dict[OpOverload, Callable]:
     """Every op dynexport decomposes, mapped to its decomposition (a fresh dict)."""
-    table: dict[torch._ops.OpOverload, Callable] = {}
+    table: dict[OpOverload, Callable] = {}
     table.update(grid_sample.table())
     table.update(inverse.table())
     table.update(scatter.table())

@@ -29,6 +29,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from dynexport.adapters.torch_export import OpOverload
+
 __all__ = ["grid_sampler", "grid_sampler_3d", "linear_taps", "table"]
 
 _BILINEAR, _NEAREST = 0, 1
@@ -121,7 +123,7 @@ def grid_sampler(input: Tensor, grid: Tensor, interpolation_mode: int, padding_m
     return grid_sampler_3d(input, grid, interpolation_mode, padding_mode, align_corners)
 
 
-def table() -> dict[torch._ops.OpOverload, Callable]:
+def table() -> dict[OpOverload, Callable]:
     """This module's entries of the decomposition table."""
     aten = torch.ops.aten
     return {aten.grid_sampler.default: grid_sampler,

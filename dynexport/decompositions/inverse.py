@@ -23,6 +23,8 @@ from collections.abc import Callable
 
 import torch
 
+from dynexport.adapters.torch_export import OpOverload
+
 MAX_SIZE = 8
 _DTYPES = (torch.float32, torch.float64)
 
@@ -132,7 +134,7 @@ def linalg_solve_ex(A: torch.Tensor, B: torch.Tensor, *, left: bool = True,
     return _solve(A, B, left)
 
 
-def table() -> dict[torch._ops.OpOverload, Callable]:
+def table() -> dict[OpOverload, Callable]:
     """This module's entries of the decomposition table."""
     aten = torch.ops.aten
     return {

@@ -13,6 +13,8 @@ from collections.abc import Callable
 
 import torch
 
+from dynexport.adapters.torch_export import OpOverload
+
 
 def index_add(self: torch.Tensor, dim: int, index: torch.Tensor, source: torch.Tensor,
               alpha: float = 1) -> torch.Tensor:
@@ -28,6 +30,6 @@ def index_add(self: torch.Tensor, dim: int, index: torch.Tensor, source: torch.T
     return self.scatter_add(dim, expanded, source.to(self.dtype))
 
 
-def table() -> dict[torch._ops.OpOverload, Callable]:
+def table() -> dict[OpOverload, Callable]:
     """This module's entries of the decomposition table."""
     return {torch.ops.aten.index_add.default: index_add}

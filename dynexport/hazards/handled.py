@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
 
+from dynexport.adapters.torch_export import has_unbacked_size
 from dynexport.hazards.common import method_location
 from dynexport.hazards.evidence import Evidence
 from dynexport.hazards.location import location_from_stack_trace
@@ -87,8 +87,7 @@ def data_dependent_outputs(evidence: Evidence) -> list[Handled]:
     output = next(n for n in program.graph.nodes if n.op == "output")
     names = []
     for index, node in enumerate(output.args[0]):
-        value = getattr(node, "meta", {}).get("val")
-        if isinstance(value, torch.Tensor) and free_unbacked_symbols(value.shape):
+        if has_unbacked_size(getattr(node, "meta", {}).get("val")):
             names.append(str(index))
     if not names:
         return []

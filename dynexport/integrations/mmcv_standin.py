@@ -5,12 +5,14 @@ mmcv-lite no OpenMMLab detector even imports. `install()` puts a module in its p
 every function exists (mmcv checks them at import) and raises `MmcvOpUnavailable` when
 called, naming the op and the mmcv line that called it.
 
-The deformable convolutions (DCN, DCNv2) are routed through torch.library ops of the
-`mmcv_standin` namespace instead. Their fake kernels give the output shape, so a model with
-DCN is captured, and as no backend has a translation for them, the conversion reports
-`mmcv_standin.deform_conv2d` / `mmcv_standin.modulated_deform_conv2d` as unsupported ops at
-the mmcv line that calls them. Their real kernels raise `MmcvOpUnavailable`: there is no
-CPU implementation to run.
+The deformable convolutions (DCN, DCNv2: `mmcv.ops.deform_conv2d` and
+`mmcv.ops.modulated_deform_conv2d`) are routed to dynexport's own op,
+`dynexport.custom_ops.deform_conv.deform_conv2d` (`torch.ops.dynexport.deform_conv2d`), which
+runs on the CPU, exports, and converts to onnx `DeformConv` and OpenVINO
+`DeformableConvolution`. mmcv's offset and mask layout is torchvision's (see that module's
+docstring), so the arguments map one to one: mmcv's `groups` are the weight groups and its
+`deform_groups` the offset groups, which the op reads from the weight's and the offset's
+shapes.
 """
 
 import importlib
@@ -22,7 +24,6 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-NAMESPACE = "mmcv_standin"
 _SKIPPED_ROOTS = tuple(
     os.path.dirname(os.path.realpath(file)) + os.sep
     for file in (torch.__file__, os.path.dirname(__file__))  # torch/, dynexport/
@@ -38,7 +39,7 @@ class MmcvOpUnavailable(RuntimeError):
             f"mmcv's compiled op `{op}`{at} is not available: this environment has "
             "mmcv-lite, which ships no compiled ops, and dynexport stands in for mmcv._ext so "
             "that OpenMMLab models import and build. Change the config so that the model does "
-            "not use the op (e.g. plain convolutions instead of DCN), keep the code that calls "
+            "not use the op, keep the code that calls "
             "it (post-processing such as NMS) out of the exported model, or install mmcv with "
             "compiled ops (see docs/mmdet3d.md).")
 
@@ -80,7 +81,7 @@ def has_compiled_ops() -> bool:
 
 
 def install() -> bool:
-    """Make mmcv.ops importable under mmcv-lite and route DCN through the `mmcv_standin` ops.
+    """Make mmcv.ops importable under mmcv-lite and route DCN to dynexport's deform_conv2d.
 
     Call before importing mmdet or mmdet3d models. Does nothing when mmcv has its compiled
     ops; returns True when the stand-in is in use."""
@@ -99,68 +100,48 @@ def install() -> bool:
     return True
 
 
-# --- the deformable convolutions as torch ops -----------------------------------------------
+# --- the deformable convolutions, on dynexport's op ----------------------------------------
 
-def _pair(value: int | Sequence[int]) -> list[int]:
-    return [int(v) for v in value] if isinstance(value, Sequence) else [int(value)] * 2
-
-
-def _output_shape(input: Tensor, weight: Tensor, stride: list[int], padding: list[int],
-                  dilation: list[int]) -> list:
-    # mmcv's DeformConv2dFunction._output_size: a convolution's output size.
-    size = [input.shape[0], weight.shape[0]]
-    for d in range(2):
-        kernel = dilation[d] * (weight.shape[d + 2] - 1) + 1
-        size.append((input.shape[d + 2] + 2 * padding[d] - kernel) // stride[d] + 1)
-    return size
+def _check_groups(input: Tensor, offset: Tensor, weight: Tensor, groups: int,
+                  deform_groups: int) -> None:
+    """mmcv passes the group counts; the op derives them from the shapes. They must agree."""
+    if weight.dim() == 4 and input.dim() == 4 and weight.shape[1] * groups != input.shape[1]:
+        raise ValueError(f"deform_conv2d: groups={groups} does not match input channels "
+                         f"{input.shape[1]} / weight.shape[1] {weight.shape[1]}")
+    taps = weight.shape[2] * weight.shape[3] if weight.dim() == 4 else 0
+    if offset.dim() == 4 and taps and offset.shape[1] != 2 * taps * deform_groups:
+        raise ValueError(f"deform_conv2d: deform_groups={deform_groups} does not match offset "
+                         f"channels {offset.shape[1]} = 2·kh·kw·deform_groups")
 
 
-@torch.library.custom_op(f"{NAMESPACE}::deform_conv2d", mutates_args=(),
-                         schema="(Tensor input, Tensor offset, Tensor weight, int[] stride, "
-                                "int[] padding, int[] dilation, int groups, int deform_groups)"
-                                " -> Tensor")
-def _deform_conv2d(input, offset, weight, stride, padding, dilation, groups, deform_groups):
-    raise MmcvOpUnavailable("deform_conv_forward", _caller())
-
-
-@_deform_conv2d.register_fake
-def _(input, offset, weight, stride, padding, dilation, groups, deform_groups):
-    return input.new_empty(_output_shape(input, weight, stride, padding, dilation))
-
-
-@torch.library.custom_op(f"{NAMESPACE}::modulated_deform_conv2d", mutates_args=(),
-                         schema="(Tensor input, Tensor offset, Tensor mask, Tensor weight, "
-                                "Tensor? bias, int[] stride, int[] padding, int[] dilation, "
-                                "int groups, int deform_groups) -> Tensor")
-def _modulated_deform_conv2d(input, offset, mask, weight, bias, stride, padding, dilation,
-                             groups, deform_groups):
-    raise MmcvOpUnavailable("modulated_deform_conv_forward", _caller())
-
-
-@_modulated_deform_conv2d.register_fake
-def _(input, offset, mask, weight, bias, stride, padding, dilation, groups, deform_groups):
-    return input.new_empty(_output_shape(input, weight, stride, padding, dilation))
+def _pair(value: int | Sequence[int]) -> tuple[int, int]:
+    return tuple(int(v) for v in value) if isinstance(value, Sequence) else (int(value),) * 2
 
 
 def deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor,
                   stride: int | Sequence[int] = 1, padding: int | Sequence[int] = 0,
                   dilation: int | Sequence[int] = 1, groups: int = 1, deform_groups: int = 1,
                   bias: bool = False, im2col_step: int = 32) -> Tensor:
-    """mmcv.ops.deform_conv2d's signature, as `torch.ops.mmcv_standin.deform_conv2d`
+    """mmcv.ops.deform_conv2d's signature (DCNv1) on `torch.ops.dynexport.deform_conv2d`
     (`im2col_step` only tiles mmcv's CUDA kernel)."""
+    from dynexport.custom_ops.deform_conv import deform_conv2d as dcn
+
     if bias:
         raise ValueError("mmcv's deform_conv2d supports bias=False only")
-    return torch.ops.mmcv_standin.deform_conv2d(
-        input, offset, weight, _pair(stride), _pair(padding), _pair(dilation), groups,
-        deform_groups)
+    _check_groups(input, offset, weight, groups, deform_groups)
+    return dcn(input, offset.type_as(input), weight.type_as(input), None, _pair(stride),
+               _pair(padding), _pair(dilation))
 
 
 def modulated_deform_conv2d(input: Tensor, offset: Tensor, mask: Tensor, weight: Tensor,
                             bias: Tensor | None = None, stride: int | Sequence[int] = 1,
                             padding: int | Sequence[int] = 0, dilation: int | Sequence[int] = 1,
                             groups: int = 1, deform_groups: int = 1) -> Tensor:
-    """mmcv.ops.modulated_deform_conv2d's signature, as
-    `torch.ops.mmcv_standin.modulated_deform_conv2d`."""
-    return torch.ops.mmcv_standin.modulated_deform_conv2d(
-        input, offset, mask, weight, bias, _pair(stride), _pair(padding), _pair(dilation),
-        groups, deform_groups)
+    """mmcv.ops.modulated_deform_conv2d's signature (DCNv2) on
+    `torch.ops.dynexport.deform_conv2d`."""
+    from dynexport.custom_ops.deform_conv import deform_conv2d as dcn
+
+    _check_groups(input, offset, weight, groups, deform_groups)
+    return dcn(input, offset.type_as(input), weight.type_as(input),
+               None if bias is None else bias.type_as(input), _pair(stride), _pair(padding),
+               _pair(dilation), mask.type_as(input))

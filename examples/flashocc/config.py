@@ -1,5 +1,5 @@
-"""FlashOcc configurations: M0 and M1 as released (flashocc-r50-M0 / flashocc-r50), and a tiny
-one of the same structure for tests."""
+"""FlashOcc configurations: M0 and M1 as released (flashocc-r50-M0 / flashocc-r50), a tiny one
+of the same structure for tests, and a small one with a trained checkpoint (checkpoints/)."""
 
 from __future__ import annotations
 
@@ -89,4 +89,15 @@ TINY = FlashOccConfig(
     bev_neck_channels=16, head_channels=16, dz=4, num_classes=18,
 )
 
-CONFIGS = {config.name: config for config in (M0, M1, TINY)}
+# The same modules at widths and a resolution that train on 2 CPU cores in under 30 minutes
+# (examples/flashocc/train.py, docs/flashocc.md "A trained reference model"): six cameras at
+# 128×352 (test-time resize 0.22), a ±25.6 m grid of 0.8 m cells (64×64; a multiple of 8 for
+# FPN_LSS) with 8 layers of 0.8 m, 36 depth bins of 1 m, ResNet stem 16 with one block per stage.
+SMALL = FlashOccConfig(
+    name="small", num_cams=6, input_size=(128, 352),
+    grid=GridConfig(x=(-25.6, 25.6, 0.8), y=(-25.6, 25.6, 0.8), depth=(1.0, 37.0, 1.0)),
+    backbone_blocks=(1, 1, 1, 1), backbone_width=16, neck_channels=64, context_channels=32,
+    bev_blocks=(1, 1, 1), bev_neck_channels=64, head_channels=64, dz=8, num_classes=18,
+)
+
+CONFIGS = {config.name: config for config in (M0, M1, TINY, SMALL)}
