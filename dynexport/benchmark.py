@@ -99,5 +99,5 @@ def _run(run: Run) -> list[BenchmarkRecord]:
 
 
 BENCHMARK_STAGE = Stage("benchmark", _run, needs=("load",), needs_any=("onnx", "openvino"),
-                        requested=lambda options: options.device_missing if options.bench
+                        requested=lambda run: run.options.device_missing if run.options.bench
                         else "")

@@ -119,7 +119,7 @@ def _conversion_stage(backend: Backend) -> Stage:
                               f"the {backend} conversion", run.options.isolate, backend).result
 
     return Stage(backend, lambda run: start_stage(run)(), needs=("decompose",),
-                 requested=lambda options: None if backend in options.targets else "",
+                 requested=lambda run: None if backend in run.options.targets else "",
                  start=start_stage)
 
 

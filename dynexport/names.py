@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Literal, get_args
 
 StageName = Literal["load", "eager", "capture", "decompose", "onnx", "openvino", "verify",
-                    "precision", "serving", "benchmark"]
+                    "precision", "accuracy", "serving", "benchmark"]
 StageStatus = Literal["ok", "failed", "skipped"]
 Strategy = Literal["strict", "non_strict", "draft"]
 Category = Literal["data_dependent_branch", "tensor_to_python", "numpy_conversion",

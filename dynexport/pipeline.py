@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from dynexport.accuracy import ACCURACY_STAGE, Accuracy
 from dynexport.benchmark import BENCHMARK_STAGE, BenchmarkRecord
 from dynexport.capture import CAPTURE_STAGE, Capture
 from dynexport.conversion import (
@@ -54,7 +55,8 @@ class StageObserver(Protocol):
 def stages(loader: ScriptLoader = load_script) -> list[Stage]:
     """Every stage, in the order they run."""
     return [load_stage(loader), EAGER_STAGE, CAPTURE_STAGE, DECOMPOSE_STAGE, ONNX_STAGE,
-            OPENVINO_STAGE, VERIFY_STAGE, PRECISION_STAGE, SERVING_STAGE, BENCHMARK_STAGE]
+            OPENVINO_STAGE, VERIFY_STAGE, PRECISION_STAGE, ACCURACY_STAGE, SERVING_STAGE,
+            BENCHMARK_STAGE]
 
 
 def run(script_path: str | os.PathLike, script_args: list[str], options: Options,
@@ -99,7 +101,7 @@ def _launch(state: Run, stage: Stage, observer: StageObserver | None,
             debug: bool) -> Callable[[], None] | None:
     """Start `stage` (or record why it is skipped); the returned function waits for it and
     records how it went."""
-    why_not = stage.requested(state.options)
+    why_not = stage.requested(state)
     if why_not == "":
         return None  # not part of this run
     why_not = why_not or _missing_needs(state, stage)
@@ -226,6 +228,7 @@ def build_report(state: Run, facts: Evidence) -> Report:
         benchmark=[r for r in benchmark if isinstance(r, BenchmarkRecord)],
         precision=state.result("precision", PrecisionResult),
         serving=served.records if served else [],
+        accuracy=state.result("accuracy", Accuracy),
         notes=facts.notes)
 
 

@@ -330,5 +330,5 @@ def _run(run: Run) -> PrecisionResult:
 
 
 PRECISION_STAGE = Stage("precision", _run, needs=("openvino",),
-                        requested=lambda options: "" if options.precision == "f32"
-                        else options.device_missing)
+                        requested=lambda run: "" if run.options.precision == "f32"
+                        else run.options.device_missing)

@@ -21,6 +21,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from dynexport.accuracy import Accuracy
 from dynexport.benchmark import BenchmarkRecord
 from dynexport.hazards.records import Handled, Hazard, UnsupportedOp, where
 from dynexport.precision import PrecisionResult
@@ -118,6 +119,7 @@ class Report:
     benchmark: list[BenchmarkRecord] = field(default_factory=list)
     precision: PrecisionResult | None = None  # --precision other than f32
     serving: list[ServingRecord] = field(default_factory=list)  # --layout
+    accuracy: Accuracy | None = None  # the script's metric on its validation data
     versions: dict[str, str | None] = field(default_factory=installed_versions)
     notes: list[str] = field(default_factory=list)  # what a stage could only judge partly
 
@@ -146,6 +148,9 @@ class Report:
         if self.precision is not None:
             optional.insert(3, (f"Precision {self.precision.precision} against f32",
                                 self.precision.comparisons, self.precision.summary()))
+        if self.accuracy is not None:
+            optional.insert(4 if self.precision is not None else 3,
+                            ("Accuracy", self.accuracy.rows, self.accuracy.summary()))
         sections += [Section.of(title, records, note) for title, records, note in optional
                      if records]
         if self.notes:
@@ -171,6 +176,8 @@ class Report:
             data["handled"] = [item.to_json() for item in self.handled]
         if self.precision is not None:
             data["precision"] = self.precision.to_json()
+        if self.accuracy is not None:
+            data["accuracy"] = self.accuracy.to_json()
         if self.serving:
             data["serving"] = [record.to_json() for record in self.serving]
         if self.notes:

@@ -42,6 +42,11 @@ class Script:
     method: str = "forward"
     # get_calibration_inputs (optional), called only by --precision int8.
     calibration: Callable[[], list[Inputs]] | None = None
+    # get_validation_data (optional): (inputs, target) pairs, for the accuracy stage
+    validation: Callable[[], list[tuple[Inputs, Any]]] | None = None
+    # metric(outputs, targets) -> {name: value}, higher is better, first key primary; None
+    # with validation data: no accuracy table (integer outputs still get label agreement)
+    metric: Callable[[list[Any], list[Any]], dict[str, float]] | None = None
     # Known when loading, before any stage runs: e.g. an integration's note that it left a
     # model's post-processing out of the exported graph.
     hazards: list[Hazard] = field(default_factory=list)
@@ -83,9 +88,15 @@ def _load(path: Path) -> Script:
     calibration = None
     if getattr(module, "get_calibration_inputs", None) is not None:
         calibration = lambda: _calibration_inputs(module, path, example)  # noqa: E731
+    validation = None
+    if getattr(module, "get_validation_data", None) is not None:
+        validation = lambda: _validation_data(module, path, example)  # noqa: E731
+    metric = None
+    if getattr(module, "metric", None) is not None:
+        metric = _checked_metric(module.metric, path)
     return Script(path=path, model=model, example=example, probe=probe,
                   dynamic_shapes=getattr(module, "dynamic_shapes", None), method=method,
-                  calibration=calibration)
+                  calibration=calibration, validation=validation, metric=metric)
 
 
 def _import(path: Path) -> ModuleType:
@@ -167,6 +178,53 @@ def _calibration_inputs(module: ModuleType, path: Path, example: Inputs) -> list
     for item in inputs:
         _check_same_structure(example, item, path, name)
     return inputs
+
+
+def _validation_data(module: ModuleType, path: Path,
+                     example: Inputs) -> list[tuple[Inputs, Any]]:
+    """get_validation_data(): (inputs, target) pairs, inputs structured as get_inputs()'s."""
+    values = _call(module, "get_validation_data", path)
+    try:
+        pairs = [tuple(pair) for pair in values]
+    except TypeError:
+        pairs = None
+    if not pairs or any(len(pair) != 2 for pair in pairs):
+        raise ScriptError(f"get_validation_data() in {path} returned {type(values).__name__}, "
+                          "not a non-empty iterable of (inputs, target) pairs. Return e.g. "
+                          "`[(get_inputs(), labels) for ...]`, inputs shaped as get_inputs()'s.")
+    name = "the inputs of a get_validation_data() pair"
+    try:
+        data = [(normalize_inputs(inputs, source=f"{name} in {path}"), target)
+                for inputs, target in pairs]
+    except InputStructureError as exc:
+        raise ScriptError(str(exc)) from exc
+    for inputs, _ in data:
+        _check_same_structure(example, inputs, path, name)
+    return data
+
+
+def _checked_metric(function: Any, path: Path) -> Callable[[list[Any], list[Any]], dict]:
+    """The script's metric, its failures and wrong answers turned into a ScriptError."""
+    if not callable(function):
+        raise ScriptError(f"`metric` in {path} is a {type(function).__name__}, not a function. "
+                          "Define `def metric(outputs, targets) -> dict[str, float]`.")
+
+    def metric(outputs: list[Any], targets: list[Any]) -> dict[str, float]:
+        try:
+            values = function(outputs, targets)
+        except Exception as exc:
+            raise ScriptError(f"`metric(outputs, targets)` in {path} raised {_summary(exc)}. It "
+                              "gets the list of model outputs (as the model returns them, also "
+                              "for the converted runtimes) and the list of targets of "
+                              "get_validation_data(); fix it so it runs on those.") from exc
+        if not isinstance(values, dict) or not values or not all(
+                isinstance(k, str) and isinstance(v, (int, float)) for k, v in values.items()):
+            raise ScriptError(f"`metric(outputs, targets)` in {path} returned {values!r:.80}, "
+                              "not a non-empty dict of names to numbers (higher is better, the "
+                              "first key is the primary metric), e.g. `{'mIoU': 41.2}`.")
+        return {k: float(v) for k, v in values.items()}
+
+    return metric
 
 
 def _summary(exc: BaseException) -> str:

@@ -162,4 +162,4 @@ def _run(run: Run) -> Served:
 
 
 SERVING_STAGE = Stage("serving", _run,
-                      requested=lambda options: None if options.layouts else "")
+                      requested=lambda run: None if run.options.layouts else "")

@@ -49,8 +49,8 @@ class Stage:
     """One step of the pipeline.
 
     `needs`: stages that must have succeeded; `needs_any`: at least one of these must have.
-    `requested`: None when the options ask for this stage, else why it is skipped (e.g.
-    "--no-verify"); a stage whose `requested` returns "" is left out of the run altogether.
+    `requested`: None when the run asks for this stage (its options, its script), else why it
+    is skipped (e.g. "--no-verify"); "" leaves the stage out of the run altogether.
     `run` returns the stage's result (kept by the run under the stage's name) or raises.
     `start`, where given, starts the same work and returns at once a function that waits for
     the result: the pipeline starts such stages side by side (the two conversions, in child
@@ -60,7 +60,7 @@ class Stage:
     run: Callable[[Run], Any]
     needs: tuple[StageName, ...] = ()
     needs_any: tuple[StageName, ...] = ()
-    requested: Callable[[Options], str | None] = lambda options: None
+    requested: Callable[[Run], str | None] = lambda run: None
     start: Callable[[Run], Callable[[], Any]] | None = None
 
 

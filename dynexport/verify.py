@@ -20,7 +20,7 @@ from dynexport.inputs import Inputs
 from dynexport.isolation import NativeCrash, run_isolated
 from dynexport.names import InputKind, RuntimeName
 from dynexport.runtimes import Runner, open_runner, to_numpy
-from dynexport.stage import Options, Run, Stage
+from dynexport.stage import Run, Stage
 
 # (rtol, atol as a fraction of the output's largest magnitude) per reference dtype. float64 gets
 # float32's: OpenVINO's CPU plugin and several onnxruntime kernels compute float64 in float32.
@@ -216,8 +216,8 @@ def _run(run: Run) -> list[Verification]:
     return records
 
 
-def _requested(options: Options) -> str | None:
-    return "--no-verify" if not options.verify else options.device_missing
+def _requested(run: Run) -> str | None:
+    return "--no-verify" if not run.options.verify else run.options.device_missing
 
 
 VERIFY_STAGE = Stage("verify", _run, needs=("eager",), needs_any=("onnx", "openvino"),

@@ -18,7 +18,10 @@ def test_export_variant_converts_and_verifies(cli, tmp_path, ranks):
     code, report = _run(cli, tmp_path, "--ranks", ranks)
     assert code == 0, report["stages"]
     assert report["ok"] and not report["hazards"] and not report["unsupported_ops"]
-    assert [s["status"] for s in report["stages"]] == ["ok"] * 7
+    assert [s["status"] for s in report["stages"]] == ["ok"] * 8  # accuracy included
+    rows = {(r["runtime"], r["precision"]): r["delta"] for r in report["accuracy"]["rows"]}
+    assert set(rows) == {("eager", "f32"), ("onnxruntime", "f32"), ("openvino", "f32")}
+    assert all(abs(delta) < 0.5 for delta in rows.values())  # mIoU points
     checked = {(v["runtime"], v["inputs"], v["output"]) for v in report["verification"]}
     assert checked == {(runtime, inputs, output) for runtime in ("onnxruntime", "openvino")
                        for inputs in ("example", "probe") for output in ("occupancy", "logits")}

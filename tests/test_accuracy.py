@@ -1,0 +1,117 @@
+"""Contract §6: get_validation_data() + metric() give an accuracy table per runtime and
+precision; a metric or validation function that fails exits 2 and keeps what was written."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import read_report
+
+CLASSIFIER = """
+import torch
+from torch import nn
+
+class Classifier(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(6, 4)
+
+    def forward(self, x):
+        return {{"logits": self.fc(x), "labels": self.fc(x).argmax(-1)}}
+
+def get_model():
+    return Classifier().eval()
+
+def get_inputs():
+    return (torch.randn(8, 6, generator=torch.Generator().manual_seed(1)),)
+
+def get_validation_data():
+    g = torch.Generator().manual_seed(2)
+    return [((torch.randn(8, 6, generator=g),), torch.randint(0, 4, (8,), generator=g))
+            for _ in range(3)]
+
+def metric(outputs, targets):
+{metric}
+"""
+
+ACCURACY = """    right = sum(int((o["labels"] == t).sum()) for o, t in zip(outputs, targets))
+    return {"accuracy": 100.0 * right / sum(len(t) for t in targets), "samples": len(outputs)}
+"""
+
+
+def _expected_accuracy() -> float:
+    """The same accuracy computed independently: the linear layer in numpy."""
+    torch.manual_seed(0)
+    fc = torch.nn.Linear(6, 4)
+    weight, bias = fc.weight.detach().numpy(), fc.bias.detach().numpy()
+    g = torch.Generator().manual_seed(2)
+    right = total = 0
+    for _ in range(3):
+        x, t = torch.randn(8, 6, generator=g).numpy(), torch.randint(0, 4, (8,), generator=g)
+        right += int(((x @ weight.T + bias).argmax(-1) == t.numpy()).sum())
+        total += 8
+    return 100.0 * right / total
+
+
+def test_accuracy_table_per_runtime(cli, write_script, tmp_path):
+    out = tmp_path / "out"
+    code, stdout, _ = cli("--out", out, write_script(CLASSIFIER.format(metric=ACCURACY)))
+    assert code == 0, stdout
+    accuracy = read_report(out)["accuracy"]
+    assert accuracy["metric"] == "accuracy" and accuracy["samples"] == 3
+    rows = {(r["runtime"], r["precision"]): r for r in accuracy["rows"]}
+    assert set(rows) == {("eager", "f32"), ("onnxruntime", "f32"), ("openvino", "f32")}
+    for row in rows.values():
+        assert row["value"] == pytest.approx(_expected_accuracy())
+        assert row["delta"] == pytest.approx(0.0)
+    assert "## Accuracy" in (out / "report.md").read_text()
+
+
+def test_precision_variant_gets_its_row(cli, write_script, tmp_path):
+    out = tmp_path / "out"
+    code, stdout, _ = cli("--out", out, "--precision", "bf16", "--to", "openvino",
+                          write_script(CLASSIFIER.format(metric=ACCURACY)))
+    assert code == 0, stdout
+    rows = read_report(out)["accuracy"]["rows"]
+    assert [(r["runtime"], r["precision"]) for r in rows] == [
+        ("eager", "f32"), ("openvino", "f32"), ("openvino", "bf16")]
+    assert np.isfinite([r["value"] for r in rows]).all()
+
+
+def test_a_failing_metric_exits_2_and_keeps_the_artifacts(cli, write_script, tmp_path):
+    out = tmp_path / "out"
+    broken = "    return {'accuracy': outputs[0]['missing']}\n"
+    code, _, err = cli("--out", out, write_script(CLASSIFIER.format(metric=broken)))
+    assert code == 2
+    assert "`metric(outputs, targets)`" in err and "KeyError" in err
+    report = read_report(out)
+    stages = {s["name"]: s["status"] for s in report["stages"]}
+    assert stages["verify"] == "ok" and stages["accuracy"] == "failed"
+    assert (out / "model.onnx").is_file() and (out / "openvino" / "model.xml").is_file()
+
+
+def test_validation_data_of_the_wrong_form_exits_2(cli, write_script, tmp_path):
+    source = CLASSIFIER.format(metric=ACCURACY).replace(
+        "def get_validation_data():", "def get_validation_data():\n    return [torch.ones(3)]\n"
+        "\ndef _unused():")
+    code, _, err = cli("--out", tmp_path / "out", write_script(source))
+    assert code == 2 and "get_validation_data()" in err and "(inputs, target) pairs" in err
+
+
+def test_metric_must_return_numbers(cli, write_script, tmp_path):
+    code, _, err = cli("--out", tmp_path / "out",
+                       write_script(CLASSIFIER.format(metric="    return 0.5\n")))
+    assert code == 2 and "not a non-empty dict of names to numbers" in err
+
+
+def test_without_a_metric_there_is_no_accuracy_stage(cli, write_script, tmp_path):
+    out = tmp_path / "out"
+    source = CLASSIFIER.format(metric=ACCURACY).replace("def metric(", "def _not_metric(")
+    code, _, _ = cli("--out", out, write_script(source))
+    assert code == 0
+    report = read_report(out)
+    assert "accuracy" not in report
+    assert "accuracy" not in {s["name"] for s in report["stages"]}
+    labels = [v for v in report["verification"] if v["output"] == "labels"]
+    assert labels and all(v["label_agreement"] == 1.0 for v in labels)
+
