@@ -87,6 +87,7 @@ class OpCoverage:
     openvino: bool
     decomposed_by_dynexport: bool
     location: SourceLocation | None  # the user's line of its first occurrence
+    lowering: str | None = None  # an op of the registry: how each backend gets it
 
 
 def op_name(target: object) -> str:
@@ -205,6 +206,14 @@ def _analyze(ep: ExportedProgram, backends: Sequence[Backend],
 
 # --- public API ---------------------------------------------------------------------------
 
+def kit_lowering(target: object, registry: OpRegistry | None = None) -> str | None:
+    """"ONNX: ...; OpenVINO: ..." for an op of the registry (the op kit), else None."""
+    record = resolve(registry).get(target) if isinstance(target, OpOverload) else None
+    if record is None:
+        return None
+    return f"ONNX: {record.lowering('onnx')}; OpenVINO: {record.lowering('openvino')}"
+
+
 def op_coverage(ep: ExportedProgram, registry: OpRegistry | None = None
                 ) -> CoverageResult[OpCoverage]:
     """One row per distinct op of `ep` (as captured or already decomposed), in graph order.
@@ -239,6 +248,7 @@ def op_coverage(ep: ExportedProgram, registry: OpRegistry | None = None
             openvino="openvino" not in failing[name],
             decomposed_by_dynexport=name in table and name not in remaining,
             location=_location(nodes),
+            lowering=kit_lowering(nodes[0].target, registry),
         )
         for name, nodes in nodes_by_op.items()
     ], analysis.notes)
@@ -330,10 +340,12 @@ def coverage_table(rows: list[OpCoverage]) -> Table:
     table.add_column("OpenVINO", justify="center")
     table.add_column("decomposed by dynexport", justify="center")
     table.add_column("source")
+    table.add_column("dynexport op kit: how each backend gets it")
     ordered = sorted(rows, key=lambda r: (r.onnx and r.openvino, r.op))  # failures first
     for row in ordered:
         loc = row.location
         source = f"{Path(loc.file).name}:{loc.line}  {loc.code}" if loc else ""
         table.add_row(row.op, str(row.count), mark(row.onnx), mark(row.openvino),
-                      "yes" if row.decomposed_by_dynexport else "", source)
+                      "yes" if row.decomposed_by_dynexport else "", source,
+                      escape(row.lowering or ""))
     return table

@@ -282,7 +282,7 @@ def _onnx(depth, feat, ranks_depth, ranks_feat, ranks_bev, bev_feat_shape, inter
 # --- OpenVINO conversion -------------------------------------------------------------------------
 
 def _openvino(context) -> list:
-    """ScatterNDUpdate(sum) on the point products, from an `openvino.frontend.NodeContext`."""
+    """ScatterNDUpdate(sum) on the point products."""
     import numpy as np
     import openvino.opset15 as ops
 

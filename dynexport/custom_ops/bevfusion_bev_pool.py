@@ -283,8 +283,7 @@ def _onnx(feats, coords, interval_lengths, interval_starts, b, d, h, w):
 # --- OpenVINO conversion -------------------------------------------------------------------------
 
 def _openvino(context) -> list:
-    """ScatterNDUpdate(sum) of every point into its voxel, from an
-    `openvino.frontend.NodeContext`."""
+    """ScatterNDUpdate(sum) of every point into its voxel."""
     import numpy as np
     import openvino.opset15 as ops
 

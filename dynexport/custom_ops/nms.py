@@ -212,7 +212,7 @@ def _onnx_torchvision(dets, scores, iou_threshold: float):
 
 
 def _openvino(context) -> list:
-    """NonMaxSuppression-9 from an `openvino.frontend.NodeContext`, sliced to the valid rows."""
+    """NonMaxSuppression-9, sliced to the valid rows."""
     import openvino.opset8 as ops8
     import openvino.opset9 as ops9
 

@@ -18,6 +18,7 @@ is process-global (see README.md next to this file).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -71,6 +72,18 @@ class CustomOp:
     @property
     def has_openvino(self) -> bool:
         return self.openvino is not None
+
+    def lowering(self, backend: str) -> str:
+        """How `backend` gets this op, in words: the first sentence of its translation's
+        docstring, else its decomposition, else nothing."""
+        translation = getattr(self, backend)
+        if translation is not None:
+            text = " ".join((translation.__doc__ or "").split())
+            first = re.split(r"(?<=[^.])\. |\.$", text, maxsplit=1)[0]
+            return first[:100] or f"dynexport's {backend} translation"
+        if self.has_decomposition:
+            return "decomposed into portable aten ops"
+        return "no translation"
 
     @property
     def has_decomposition(self) -> bool:

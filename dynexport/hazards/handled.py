@@ -53,6 +53,22 @@ def decompositions(evidence: Evidence) -> list[Handled]:
     return list(seen.values())
 
 
+def kit_ops(evidence: Evidence) -> list[Handled]:
+    """Ops of dynexport's op kit (deform_conv2d, nms, ...) in the program, at the user's call,
+    with how each backend gets them."""
+    from dynexport.coverage import kit_lowering, op_name
+
+    program = evidence.capture.program if evidence.capture else None
+    seen: dict[tuple, Handled] = {}
+    for node in program.graph.nodes if program is not None else []:
+        how = kit_lowering(node.target) if node.op == "call_function" else None
+        if how is not None:
+            item = _at(f"`{op_name(node.target)}` from dynexport's op kit. {how}",
+                       location_from_stack_trace(node.meta.get("stack_trace")))
+            seen.setdefault((item.what, item.file, item.line), item)
+    return list(seen.values())
+
+
 def float64_in_openvino(evidence: Evidence) -> list[Handled]:
     """OpenVINO's CPU plugin computes float64 in float32; verification judges those outputs
     with float32 tolerances instead of failing them."""
@@ -103,7 +119,8 @@ def _holds_tensor(value: object) -> bool:
 
 
 STEPS: tuple[Callable[[Evidence], list[Handled]], ...] = (
-    keyword_call, decompositions, float64_in_openvino, size_oblivious, data_dependent_outputs)
+    keyword_call, decompositions, kit_ops, float64_in_openvino, size_oblivious,
+    data_dependent_outputs)
 
 
 def find_handled(evidence: Evidence) -> list[Handled]:
