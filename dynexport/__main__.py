@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", default="f32", choices=PRECISIONS,
                         help="OpenVINO precision to ship, timed and compared with f32 "
                         "(verification stays f32): bf16 hint, int8 (NNCF), fp16-weights")
+    parser.add_argument("--accuracy-budget", type=float, default=1.0, metavar="POINTS",
+                        help="--precision auto: how many points of the script's metric below "
+                        "eager f32 a precision may lose (default 1.0)")
     parser.add_argument("--layout", default="",
                         help="serving repositories to write, among ovms,triton")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -97,7 +100,8 @@ def _options(args: argparse.Namespace, target: str) -> Options:
                          "comma-separated list among ovms,triton, e.g. `--layout ovms`.")
     return Options(out_dir=out, targets=targets, verify=not args.no_verify, bench=args.bench,
                    device=args.device, precision=args.precision, layouts=layouts,
-                   static=args.static, device_missing=missing_device(args.device))
+                   static=args.static, device_missing=missing_device(args.device),
+                   accuracy_budget=args.accuracy_budget)
 
 
 def _ops(args: argparse.Namespace, console: Console) -> int:

@@ -102,11 +102,15 @@ def _run(run: Run) -> Accuracy:
         if converted is not None:
             runtimes.append((runtime, "f32", converted.artifact, None))
     variant = run.result("precision", PrecisionResult)
-    if variant is not None:
+    if variant is not None and not variant.candidates:
         runtimes.append(("openvino", variant.precision,
                          variant.artifact or run.result("openvino", Converted).artifact,
                          variant.openvino_config))
-    return measure(script, runtimes, run.options.device, run.options.isolate)
+    accuracy = measure(script, runtimes, run.options.device, run.options.isolate)
+    if variant is not None:  # --precision auto measured each candidate already
+        accuracy.rows += [AccuracyRow("openvino", c.precision, c.value, c.delta)
+                          for c in variant.candidates if c.value is not None]
+    return accuracy
 
 
 def _requested(run: Run) -> str | None:

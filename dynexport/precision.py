@@ -43,11 +43,13 @@ from dynexport.eager import EagerRun, run_inputs
 from dynexport.inputs import Inputs
 from dynexport.isolation import run_isolated
 from dynexport.runtimes import DEFAULT_OPENVINO_CONFIG, OpenVINORunner, timings, to_numpy
-from dynexport.script import Script
-from dynexport.stage import Run, Stage
+from dynexport.script import Script, ScriptError
+from dynexport.stage import Run, Stage, StageFailed
 
-Precision = Literal["f32", "bf16", "int8", "fp16-weights"]
-PRECISIONS: tuple[Precision, ...] = ("f32", "bf16", "int8", "fp16-weights")
+Precision = Literal["f32", "bf16", "f16", "int8", "fp16-weights", "auto"]
+PRECISIONS: tuple[Precision, ...] = ("f32", "bf16", "f16", "int8", "fp16-weights", "auto")
+# What --precision auto tries, besides f32 (the fastest within the accuracy budget wins).
+AUTO_CANDIDATES: tuple[Precision, ...] = ("bf16", "f16", "int8")
 
 
 class PrecisionError(RuntimeError):
@@ -183,6 +185,30 @@ class Comparison:
 
 
 @dataclass
+class Candidate:
+    """One precision --precision auto tried: its speed and its metric on the validation data."""
+
+    precision: str
+    inference_precision: str
+    median_ms: float
+    speedup: float  # against OpenVINO f32
+    value: float | None  # the primary metric; None: the candidate could not be made
+    delta: float | None  # against eager f32
+    note: str | None = None  # why it could not be made (e.g. NNCF missing)
+
+    COLUMNS = ("precision", "computes in", "median ms", "speed-up", "metric", "delta")
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    def cells(self) -> tuple[str, ...]:
+        if self.value is None:
+            return (self.precision, "", "", "", self.note or "not made", "")
+        return (self.precision, self.inference_precision, f"{self.median_ms:.2f}",
+                f"{self.speedup:.2f}×", f"{self.value:.3f}", f"{self.delta:+.3f}")
+
+
+@dataclass
 class PrecisionResult:
     """What `--precision` produced and how it compares with f32."""
 
@@ -197,8 +223,13 @@ class PrecisionResult:
     calibration_samples: int | None = None  # int8
     not_quantized: list[str] | None = None  # int8: the index math, left in f32
     comparisons: list[Comparison] = field(default_factory=list)
+    # --precision auto: every candidate tried, and why this one was chosen
+    candidates: list[Candidate] = field(default_factory=list)
+    chosen_because: str | None = None
 
     def summary(self) -> str:
+        if self.chosen_because:
+            return f"--precision auto chose {self.precision}: {self.chosen_because}."
         return (f"OpenVINO computes in {self.inference_precision}: {self.median_ms:.2f} ms "
                 f"against {self.f32_median_ms:.2f} ms at f32 ({self.speedup:.2f}× faster)"
                 + (f"; calibrated on {self.calibration_samples} inputs"
@@ -206,6 +237,9 @@ class PrecisionResult:
 
     def to_json(self) -> dict:
         data = asdict(self)
+        data["candidates"] = [c.to_json() for c in self.candidates]
+        if not self.candidates:
+            del data["candidates"], data["chosen_because"]
         data["not_quantized"] = None if self.not_quantized is None else len(self.not_quantized)
         for comparison in data["comparisons"]:  # JSON has no infinity (a NaN output)
             if not math.isfinite(comparison["max_abs_diff"]):
@@ -225,8 +259,8 @@ def apply_precision(precision: Precision, f32_xml: str | os.PathLike, out_dir: s
     artifact: Path | None = None
     config = dict(DEFAULT_OPENVINO_CONFIG)
     samples, ignored = None, None
-    if precision == "bf16":
-        config["INFERENCE_PRECISION_HINT"] = "bf16"
+    if precision in ("bf16", "f16"):
+        config["INFERENCE_PRECISION_HINT"] = precision
     elif precision == "fp16-weights":
         artifact = _compress_weights(f32_xml, out_dir / "openvino_fp16" / "model.xml")
     else:
@@ -323,10 +357,61 @@ def _run(run: Run) -> PrecisionResult:
     inputs = run_inputs(run)
     calibration = script.calibration() if script.calibration else list(inputs.values())
     names = eager.output_names() if eager else None
-    return run_isolated(
-        lambda: apply_precision(run.options.precision, f32.artifact, run.options.out_dir,
-                                inputs, calibration, names, run.options.device),
-        f"--precision {run.options.precision}", run.options.isolate)
+
+    def made(precision: Precision) -> PrecisionResult:
+        return run_isolated(
+            lambda: apply_precision(precision, f32.artifact, run.options.out_dir, inputs,
+                                    calibration, names, run.options.device),
+            f"--precision {precision}", run.options.isolate)
+
+    if run.options.precision != "auto":
+        return made(run.options.precision)
+    return _choose(run, script, made)
+
+
+def _choose(run: Run, script: Script, made) -> PrecisionResult:
+    """--precision auto: the fastest candidate whose primary metric on the validation data
+    stays within --accuracy-budget points of eager f32; f32 itself when none does."""
+    from dynexport.accuracy import measure
+
+    if script.validation is None or script.metric is None:
+        raise ScriptError(f"--precision auto chooses by accuracy, and {script.path} defines no "
+                          "`get_validation_data()` and `metric(outputs, targets)`. Define both "
+                          "(contract section 2), or name a precision, e.g. `--precision bf16`.")
+    budget = run.options.accuracy_budget
+    metric = "the metric"
+    tried: list[tuple[PrecisionResult | None, Candidate]] = []
+    for precision in AUTO_CANDIDATES:
+        try:
+            result = made(precision)
+        except PrecisionError as exc:  # e.g. int8 without NNCF: say so, try the others
+            tried.append((None, Candidate(precision, "", 0.0, 0.0, None, None, str(exc))))
+            continue
+        accuracy = measure(script, [("openvino", precision, result.artifact or
+                                     run.result("openvino", Converted).artifact,
+                                     result.openvino_config)],
+                           run.options.device, run.options.isolate)
+        row, metric = accuracy.rows[-1], accuracy.metric
+        tried.append((result, Candidate(precision, result.inference_precision, result.median_ms,
+                                        result.speedup, row.value, row.delta)))
+    within = [(r, c) for r, c in tried if r is not None and c.delta >= -budget]
+    if not within:
+        made_any = [r for r, _ in tried if r is not None]
+        if not made_any:
+            raise StageFailed("--precision auto: no candidate could be made: "
+                              + "; ".join(c.note or c.precision for _, c in tried))
+        f32_ms = made_any[0].f32_median_ms
+        return PrecisionResult(
+            "f32", None, dict(DEFAULT_OPENVINO_CONFIG), "f32", f32_ms, f32_ms, 1.0,
+            made_any[0].runs, candidates=[c for _, c in tried],
+            chosen_because=f"no candidate stays within {budget} {metric} points of eager f32: "
+                           "f32 ships")
+    chosen, candidate = min(within, key=lambda pair: pair[1].median_ms)
+    chosen.candidates = [c for _, c in tried]
+    chosen.chosen_because = (
+        f"{candidate.precision} is the fastest candidate within {budget} {metric} points of "
+        f"eager f32 ({candidate.delta:+.3f}; {candidate.speedup:.2f}× OpenVINO f32)")
+    return chosen
 
 
 PRECISION_STAGE = Stage("precision", _run, needs=("openvino",),

@@ -147,7 +147,8 @@ class Report:
         ]
         if self.precision is not None:
             optional.insert(3, (f"Precision {self.precision.precision} against f32",
-                                self.precision.comparisons, self.precision.summary()))
+                                self.precision.candidates or self.precision.comparisons,
+                                self.precision.summary()))
         if self.accuracy is not None:
             optional.insert(4 if self.precision is not None else 3,
                             ("Accuracy", self.accuracy.rows, self.accuracy.summary()))

@@ -24,6 +24,7 @@ class Options:
     bench: bool = False
     device: str = "CPU"
     precision: str = "f32"  # f32: verification's model is the one that ships
+    accuracy_budget: float = 1.0  # --precision auto: metric points below eager f32 allowed
     layouts: tuple[str, ...] = ()  # serving repositories to write
     isolate: bool = True  # conversions and runtimes in child processes (isolation.py)
     static: bool = False  # every dimension fixed to the example's (--static, for NPU)

@@ -115,3 +115,27 @@ def test_without_a_metric_there_is_no_accuracy_stage(cli, write_script, tmp_path
     labels = [v for v in report["verification"] if v["output"] == "labels"]
     assert labels and all(v["label_agreement"] == 1.0 for v in labels)
 
+
+
+def test_precision_auto_picks_the_fastest_within_budget(cli, write_script, tmp_path):
+    out = tmp_path / "out"
+    code, stdout, _ = cli("--out", out, "--precision", "auto", "--accuracy-budget", "5",
+                          "--to", "openvino", write_script(CLASSIFIER.format(metric=ACCURACY)))
+    assert code == 0, stdout
+    report = read_report(out)
+    precision = report["precision"]
+    tried = {c["precision"]: c for c in precision["candidates"]}
+    assert set(tried) == {"bf16", "f16", "int8"}
+    made = [c for c in tried.values() if "value" in c]
+    assert {"bf16", "f16"} <= {c["precision"] for c in made}  # int8 needs NNCF
+    within = [c for c in made if c["delta"] >= -5]
+    fastest = min(within, key=lambda c: c["median_ms"])["precision"] if within else "f32"
+    assert precision["precision"] == fastest and fastest in precision["chosen_because"]
+    rows = {(r["runtime"], r["precision"]) for r in report["accuracy"]["rows"]}
+    assert {("openvino", c["precision"]) for c in made} <= rows
+
+
+def test_precision_auto_needs_a_metric(cli, write_script, tmp_path):
+    source = CLASSIFIER.format(metric=ACCURACY).replace("def metric(", "def _not_metric(")
+    code, _, err = cli("--out", tmp_path / "out", "--precision", "auto", write_script(source))
+    assert code == 2 and "--precision auto chooses by accuracy" in err
