@@ -22,7 +22,7 @@ from dynexport.isolation import run_isolated
 from dynexport.precision import PrecisionResult
 from dynexport.runtimes import open_runner, to_numpy
 from dynexport.script import Script
-from dynexport.stage import Run, Stage
+from dynexport.stage import Run, Stage, StageFailed
 
 
 @dataclass
@@ -71,10 +71,21 @@ def _runtime_outputs(runtime: str, artifact: str, device: str, config: dict | No
 
 
 def measure(script: Script, runtimes: list[tuple[str, str, str, dict | None]], device: str,
-            isolate: bool = True) -> Accuracy:
-    """`runtimes`: (runtime, precision, artifact, compile config) to evaluate beside eager."""
+            isolate: bool = True, static: bool = False) -> Accuracy:
+    """`runtimes`: (runtime, precision, artifact, compile config) to evaluate beside eager.
+    `static`: the models take the example's sizes only (--static)."""
     data = script.validation()
     inputs, targets = [pair[0] for pair in data], [pair[1] for pair in data]
+    sizes = [tuple(t.shape) for t in script.example.tensors()]
+    other = [i for i, values in enumerate(inputs)
+             if [tuple(t.shape) for t in values.tensors()] != sizes]
+    if static and other:
+        raise StageFailed(
+            f"--static fixes the models' input sizes to the example's, and {len(other)} of "
+            f"{len(inputs)} validation samples have other sizes (sample {other[0] + 1}: "
+            f"{[tuple(t.shape) for t in inputs[other[0]].tensors()]} against {sizes}). Pad "
+            "them to the example's sizes in get_validation_data(), or measure accuracy "
+            "without --static.")
     eager = []
     with torch.no_grad():
         for index, values in enumerate(inputs):
@@ -106,7 +117,8 @@ def _run(run: Run) -> Accuracy:
         runtimes.append(("openvino", variant.precision,
                          variant.artifact or run.result("openvino", Converted).artifact,
                          variant.openvino_config))
-    accuracy = measure(script, runtimes, run.options.device, run.options.isolate)
+    accuracy = measure(script, runtimes, run.options.device, run.options.isolate,
+                       run.options.static)
     if variant is not None:  # --precision auto measured each candidate already
         accuracy.rows += [AccuracyRow("openvino", c.precision, c.value, c.delta)
                           for c in variant.candidates if c.value is not None]

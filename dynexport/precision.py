@@ -390,7 +390,7 @@ def _choose(run: Run, script: Script, made) -> PrecisionResult:
         accuracy = measure(script, [("openvino", precision, result.artifact or
                                      run.result("openvino", Converted).artifact,
                                      result.openvino_config)],
-                           run.options.device, run.options.isolate)
+                           run.options.device, run.options.isolate, run.options.static)
         row, metric = accuracy.rows[-1], accuracy.metric
         tried.append((result, Candidate(precision, result.inference_precision, result.median_ms,
                                         result.speedup, row.value, row.delta)))
