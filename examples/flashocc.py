@@ -123,12 +123,15 @@ def get_validation_data():
 
 def _labels(output) -> torch.Tensor:
     """The occupancy labels (Dx, Dy, Dz) of one model output: the "occupancy" entry of a dict,
-    or the first of a sequence."""
+    or the first of a sequence; logits (the legacy TensorRT entry point's output, classes
+    last) give their argmax."""
     if isinstance(output, dict):
         output = output["occupancy"]
     elif isinstance(output, (list, tuple)):
         output = output[0]
     labels = torch.as_tensor(output)
+    if labels.is_floating_point():
+        labels = labels.argmax(-1)
     return labels[0] if labels.dim() == 4 else labels
 
 
