@@ -32,7 +32,7 @@ DEFAULT_CASES = {"M0, ranks in the graph": FLASHOCC,
                  "M0, precomputed ranks": [*FLASHOCC, "--ranks", "precomputed"]}
 
 
-def child(out: str, script: str, script_args: list[str]) -> None:
+def child(out: str, script: str, script_args: list[str], verify: bool = True) -> None:
     """Run the pipeline in this process; write per-stage seconds and peak RSS to out."""
     from dynexport import progress
     from dynexport.pipeline import Options, run
@@ -68,7 +68,8 @@ def child(out: str, script: str, script_args: list[str]) -> None:
     with PeakRSS() as sampler:
         observer = Sampling(sampler)
         with progress.listening(observer.step):
-            report = run(script, script_args, Options(out_dir=Path(out) / "artifacts"),
+            report = run(script, script_args,
+                         Options(out_dir=Path(out) / "artifacts", verify=verify),
                          observer=observer)
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # the process's own peak
     forked = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # largest child
@@ -77,10 +78,12 @@ def child(out: str, script: str, script_args: list[str]) -> None:
          "peak_rss": own, "peak_rss_children": forked}, indent=1))
 
 
-def measure(script_args: list[str]) -> dict:
+def measure(script_args: list[str], verify: bool = True) -> dict:
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
-        subprocess.run([sys.executable, __file__, "--child", out, *script_args], check=True)
+        flag = [] if verify else ["--no-verify"]
+        subprocess.run([sys.executable, __file__, "--child", out, *flag, *script_args],
+                       check=True)
         wall = time.perf_counter() - start
         result = json.loads(Path(out, "stages.json").read_text())
     result["wall_seconds"] = wall
@@ -125,11 +128,15 @@ def step_table(results: dict[str, list[dict]]) -> str:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:
-        child(argv[1], argv[2], argv[3:])
+        verify = argv[2:3] != ["--no-verify"]
+        rest = argv[2:] if verify else argv[3:]
+        child(argv[1], rest[0], rest[1:], verify)
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=1, help="runs per case (median shown)")
     parser.add_argument("--json", type=Path, help="also write every measurement here")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="time `python -m dynexport --no-verify` instead")
     parser.add_argument("script", nargs=argparse.REMAINDER,
                         help="-- SCRIPT.py [SCRIPT_ARGS...] (default: FlashOcc M0, both modes)")
     args = parser.parse_args(argv)
@@ -141,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     results = {case: [] for case in cases}
     for _ in range(args.runs):
         for case, script_args in cases.items():
-            results[case].append(measure(script_args))
+            results[case].append(measure(script_args, verify=not args.no_verify))
             print(f"{case}: {results[case][-1]['wall_seconds']:.1f} s, ok="
                   f"{results[case][-1]['ok']}", file=sys.stderr)
     print(describe(info))

@@ -129,7 +129,7 @@ def _requested(run: Run) -> str | None:
     script = run.result("load", Script)
     if script is None or script.validation is None or script.metric is None:
         return ""  # no validation data or metric: nothing to measure
-    return run.options.device_missing
+    return "--no-verify" if not run.options.verify else run.options.device_missing
 
 
 ACCURACY_STAGE = Stage("accuracy", _run, needs=("eager",), needs_any=("onnx", "openvino"),

@@ -139,3 +139,12 @@ def test_precision_auto_needs_a_metric(cli, write_script, tmp_path):
     source = CLASSIFIER.format(metric=ACCURACY).replace("def metric(", "def _not_metric(")
     code, _, err = cli("--out", tmp_path / "out", "--precision", "auto", write_script(source))
     assert code == 2 and "--precision auto chooses by accuracy" in err
+
+
+def test_no_verify_skips_the_accuracy_stage_too(cli, write_script, tmp_path):
+    out = tmp_path / "out"
+    code, _, _ = cli("--out", out, "--no-verify", write_script(CLASSIFIER.format(metric=ACCURACY)))
+    assert code == 0
+    report = read_report(out)
+    stages = {s["name"]: s for s in report["stages"]}
+    assert stages["accuracy"]["status"] == "skipped" and "accuracy" not in report

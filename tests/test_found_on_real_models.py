@@ -137,3 +137,33 @@ def test_a_mistake_in_dynexports_own_code_is_reported_as_a_dynexport_bug(cli, tm
     error = stages["decompose"]["error"]
     assert error.startswith("dynexport bug: AttributeError") and "not your model" in error
     assert (out / "traceback_decompose.txt").read_text().count("conversion.py") >= 1
+
+
+EAGER_ONLY_BRANCH = """
+import torch
+
+class Masked(torch.nn.Module):
+    def forward(self, x, mask):
+        if not torch.compiler.is_exporting() and mask.all():  # transformers' masking_utils
+            return x
+        return x * mask
+
+def get_model():
+    return Masked()
+
+def get_inputs():
+    return (torch.randn(2, 4), torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]]))
+
+def get_probe_inputs():
+    return (torch.randn(2, 4), torch.ones(2, 4, dtype=torch.long))
+"""
+
+
+def test_a_branch_export_never_evaluates_is_a_warning_not_an_error(cli, write_script, tmp_path):
+    out = tmp_path / "out"  # found on transformers' BERT (#14 zoo): raw tools pass, so must we
+    code, stdout, _ = cli("--out", out, write_script(EAGER_ONLY_BRANCH))
+    assert code == 0, stdout
+    (hazard,) = read_report(out)["hazards"]
+    assert (hazard["category"], hazard["severity"], hazard["line"]) == (
+        "data_dependent_branch", "warning", 6)
+    assert "did not evaluate" in hazard["message"]

@@ -63,7 +63,7 @@ class _ConversionWatcher(TorchFunctionMode):
                                          None) not in _SIZE_PROPERTIES:
             kind = None
         if kind is not None and tensors:
-            self._record(kind, tensors[0])
+            self._record(kind, tensors[0], name)
         result = func(*args, **kwargs)
         outputs = [t for t in pytree.tree_leaves(result) if isinstance(t, torch.Tensor)]
         if any(t in self.from_data for t in tensors):
@@ -87,9 +87,12 @@ class _ConversionWatcher(TorchFunctionMode):
             if lengths:
                 self.dd_lengths[out] = frozenset(lengths)
 
-    def _record(self, kind: Kind, tensor: torch.Tensor) -> None:
+    def _record(self, kind: Kind, tensor: torch.Tensor, name: str) -> None:
         dd_size = tensor in self.dd_lengths
-        is_mask = tensor.dtype == torch.bool
+        # The length of a 1-D mask (or len()/numel() of any) is the number of candidates; the
+        # shape of a 2-D attention mask is a size like any other.
+        is_mask = tensor.dtype == torch.bool and (tensor.dim() <= 1
+                                                   or name in ("__len__", "numel"))
         if kind == "size" and not (dd_size or is_mask):
             return  # a static size is no hazard
         location = current_user_frame()
