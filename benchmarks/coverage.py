@@ -59,14 +59,13 @@ NOTES = [
     "torch.Size([4*s6, 16, 2, 16]) and strides (512, 16, 256, 1) as a tensor with shape "
     "(4*s6, 16, 32)`), with the raw `torch.onnx.export(ep, dynamo=True)` as with dynexport. "
     "OpenVINO converts and verifies.",
-    "**bert, dynexport exit 1**: every conversion verifies on both inputs, but dynexport "
-    "reports an `error` `data_dependent_branch` hazard at transformers/masking_utils.py:354 "
-    "(`and (padding_mask is None or padding_mask.all())`). That test is short-circuited by "
-    "`not (is_torchdynamo_exporting() or ...)`: eager (the hazard pass) evaluates it, export "
-    "never does, so the program has no branch to bake. dynexport does worse than the raw "
-    "tools here (tests/test_zoo.py marks it xfail, strict). Its `tensor_to_python` warning at "
-    "masking_utils.py:229 (`attention_mask.shape[-1]`, a static shape, not a mask length) is "
-    "spurious too.",
+    "**bert**: transformers' masking_utils.py:354 tests `padding_mask.all()` only when not "
+    "exporting (`not (is_torchdynamo_exporting() or ...)`): eager (dynexport's hazard watch) "
+    "evaluates it, export never does. dynexport reported that as an `error` "
+    "`data_dependent_branch` and exited 1 where the raw tools pass (first zoo run, "
+    "2026-12-03 03:30); it now reports a `warning` (a branch on data that strict or non-strict "
+    "capture did not evaluate cannot be in the graph), and `attention_mask.shape[-1]` of a 2-D "
+    "mask is no longer taken for a mask length.",
     "**detector_nms, raw routes**: the raw routes fail by design and dynexport passes: plain "
     "`torch.onnx.export(ep)` has no translation for `dynexport::nms` (greedy NMS has no aten "
     "decomposition; `dynexport.to_onnx` passes the `NonMaxSuppression` translation), and "

@@ -1,5 +1,6 @@
 """The command of contract §1 on real scripts: exit statuses, artifacts, report.json."""
 
+import os
 import subprocess
 import sys
 
@@ -82,20 +83,27 @@ def test_bench_fills_the_benchmark_section(cli, tmp_path):
     assert runtimes == ["eager", "onnxruntime", "openvino"]
 
 
-def test_failed_openvino_stage_keeps_onnx_and_report(cli, tmp_path, monkeypatch):
+def _raises(program):
+    raise RuntimeError("injected OpenVINO failure")
+
+
+def _aborts(program):  # what OpenVINO did natively on fasterrcnn_mobilenet_v3_large_320_fpn
+    os.abort()
+
+
+@pytest.mark.parametrize("failure, said", [(_raises, "injected OpenVINO failure"),
+                                           (_aborts, "SIGABRT")], ids=["raises", "aborts"])
+def test_failed_openvino_stage_keeps_onnx_and_report(cli, tmp_path, monkeypatch, failure, said):
     import dynexport.conversion
 
-    def broken(program):
-        raise RuntimeError("injected OpenVINO failure")
-
-    monkeypatch.setattr(dynexport.conversion, "to_openvino", broken)
+    monkeypatch.setattr(dynexport.conversion, "to_openvino", failure)
     out = tmp_path / "out"
     code, _, _ = cli("--out", out, REPO / "examples" / "convnet.py")
     assert code == 1
     report = read_report(out)
     stages = {s["name"]: s for s in report["stages"]}
     assert stages["openvino"]["status"] == "failed"
-    assert "injected OpenVINO failure" in stages["openvino"]["error"]
+    assert said in stages["openvino"]["error"]
     assert stages["onnx"]["status"] == "ok" and (out / "model.onnx").is_file()
     assert stages["verify"]["status"] == "ok"  # onnxruntime was still verified
     assert {v["runtime"] for v in report["verification"]} == {"onnxruntime"}
