@@ -45,6 +45,7 @@ from dynexport.isolation import run_isolated
 from dynexport.runtimes import DEFAULT_OPENVINO_CONFIG, OpenVINORunner, timings, to_numpy
 from dynexport.script import Script, ScriptError
 from dynexport.stage import Run, Stage, StageFailed
+from dynexport.verify import percent
 
 Precision = Literal["f32", "bf16", "f16", "int8", "fp16-weights", "auto"]
 PRECISIONS: tuple[Precision, ...] = ("f32", "bf16", "f16", "int8", "fp16-weights", "auto")
@@ -180,8 +181,8 @@ class Comparison:
     COLUMNS = ("inputs", "output", "max abs diff", "label agreement")
 
     def cells(self) -> tuple[str, ...]:
-        agreement = "" if self.label_agreement is None else f"{100 * self.label_agreement:.2f} %"
-        return (self.inputs, self.output, f"{self.max_abs_diff:.3g}", agreement)
+        return (self.inputs, self.output, f"{self.max_abs_diff:.3g}",
+                percent(self.label_agreement))
 
 
 @dataclass

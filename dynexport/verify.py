@@ -120,7 +120,7 @@ class Verification:
         return data
 
     def cells(self) -> tuple[str, ...]:
-        agreement = "" if self.label_agreement is None else f"{100 * self.label_agreement:.2f} %"
+        agreement = percent(self.label_agreement)
         verdict = "yes" if self.passed else "NO" + (f" ({self.error})" if self.error else "")
         return (self.runtime, self.inputs, self.output, f"{self.max_abs_diff:.3g}",
                 f"{self.max_rel_diff:.3g}", agreement, verdict)
@@ -165,6 +165,13 @@ def failed_records(runtime: RuntimeName, kind: InputKind, expected: list[tuple[s
                    error: str) -> list[Verification]:
     return [Verification(runtime, kind, name, float("inf"), float("inf"), False, error=error,
                          runtime_failed=True) for name, _ in expected]
+
+
+def percent(share: float | None) -> str:
+    """A share as a percentage that never rounds a disagreement up to 100 %."""
+    if share is None:
+        return ""
+    return "100 %" if share >= 1 else f"{np.floor(share * 1e5) / 1e3:.3f} %"
 
 
 def _array(value: Any) -> np.ndarray:

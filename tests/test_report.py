@@ -53,7 +53,7 @@ def test_every_section_renders_in_every_format():
     console.print(report)
     text = console.export_text()
     assert all(title.split(" ")[0] in text for title in titles)
-    assert "95.00 %" in markdown  # label agreement of the integer output
+    assert "95.000 %" in markdown  # label agreement of the integer output
     jsonschema.validate(report.to_json(), SCHEMA)
 
 
@@ -82,3 +82,9 @@ def test_explain_report_validates_against_the_schema():
     data = dynexport.explain(Item(), (torch.randn(3),)).to_json()
     jsonschema.validate(data, SCHEMA)
     assert [h["category"] for h in data["hazards"]] == ["tensor_to_python"]
+
+
+def test_a_disagreement_is_never_rounded_up_to_100_percent():
+    from dynexport.verify import percent
+
+    assert percent(0.99998) == "99.998 %" and percent(1.0) == "100 %" and percent(None) == ""
