@@ -13,6 +13,7 @@ from rich.markup import escape
 from dynexport.capture import CaptureError
 from dynexport.coverage import coverage_table
 from dynexport.errors import format_traceback
+from dynexport.names import BACKENDS
 from dynexport.pipeline import Options, run, script_coverage
 from dynexport.precision import PRECISIONS
 from dynexport.runtimes import missing_device
@@ -20,7 +21,6 @@ from dynexport.script import ScriptError, load_script
 from dynexport.serving import LAYOUTS
 
 EXIT_OK, EXIT_FAILED, EXIT_UNUSABLE = 0, 1, 2
-TARGETS = ("onnx", "openvino")
 
 
 class UsageError(Exception):
@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
                     "and OpenVINO IR, report every hazard and verify every runtime.")
     parser.add_argument("--out", type=Path, help="artifact folder "
                         "(default dynexport_out/<script stem>/)")
-    parser.add_argument("--to", default=",".join(TARGETS),
+    parser.add_argument("--to", default=",".join(BACKENDS),
                         help="comma-separated targets among onnx,openvino (default both)")
     parser.add_argument("--no-verify", action="store_true", help="skip verification")
     parser.add_argument("--bench", action="store_true", help="also time eager and each runtime")
@@ -86,7 +86,7 @@ def _target(args: argparse.Namespace) -> tuple:
 
 def _options(args: argparse.Namespace, target: str) -> Options:
     targets = tuple(t.strip() for t in args.to.split(",") if t.strip())
-    unknown = [t for t in targets if t not in TARGETS]
+    unknown = [t for t in targets if t not in BACKENDS]
     if unknown or not targets:
         raise UsageError(f"--to {args.to!r} names unknown targets {unknown or '(none)'}. Use a "
                          "comma-separated list among onnx,openvino, e.g. `--to onnx`.")

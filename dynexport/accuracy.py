@@ -16,10 +16,12 @@ import torch
 from torch.utils import _pytree as pytree
 
 from dynexport import progress
-from dynexport.conversion import Converted
+from dynexport.conversion import converted_models
+from dynexport.eager import eager_call
 from dynexport.inputs import Inputs
 from dynexport.isolation import run_isolated
-from dynexport.precision import PrecisionResult
+from dynexport.names import BACKENDS
+from dynexport.precision import PrecisionResult, variant_ir
 from dynexport.runtimes import open_runner, to_numpy
 from dynexport.script import Script
 from dynexport.stage import Run, Stage, StageFailed
@@ -86,11 +88,11 @@ def measure(script: Script, runtimes: list[tuple[str, str, str, dict | None]], d
             f"{[tuple(t.shape) for t in inputs[other[0]].tensors()]} against {sizes}). Pad "
             "them to the example's sizes in get_validation_data(), or measure accuracy "
             "without --static.")
-    eager = []
+    call, eager = eager_call(script.model, script.method), []
     with torch.no_grad():
         for index, values in enumerate(inputs):
             progress.step(f"eager on validation sample {index + 1}/{len(inputs)}")
-            eager.append(getattr(script.model, script.method)(*values.args, **values.kwargs))
+            eager.append(call(values))
     reference = script.metric(eager, targets)
     name = next(iter(reference))
     accuracy = Accuracy(name, len(data), [AccuracyRow("eager", "f32", reference[name], 0.0)])
@@ -107,15 +109,10 @@ def measure(script: Script, runtimes: list[tuple[str, str, str, dict | None]], d
 
 def _run(run: Run) -> Accuracy:
     script = run.result("load", Script)
-    runtimes = []
-    for stage, runtime in (("onnx", "onnxruntime"), ("openvino", "openvino")):
-        converted = run.result(stage, Converted)
-        if converted is not None:
-            runtimes.append((runtime, "f32", converted.artifact, None))
+    runtimes = [(runtime, "f32", artifact, None) for runtime, artifact in converted_models(run)]
     variant = run.result("precision", PrecisionResult)
     if variant is not None and not variant.candidates:
-        runtimes.append(("openvino", variant.precision,
-                         variant.artifact or run.result("openvino", Converted).artifact,
+        runtimes.append(("openvino", variant.precision, variant_ir(run, variant),
                          variant.openvino_config))
     accuracy = measure(script, runtimes, run.options.device, run.options.isolate,
                        run.options.static)
@@ -132,5 +129,5 @@ def _requested(run: Run) -> str | None:
     return "--no-verify" if not run.options.verify else run.options.device_missing
 
 
-ACCURACY_STAGE = Stage("accuracy", _run, needs=("eager",), needs_any=("onnx", "openvino"),
+ACCURACY_STAGE = Stage("accuracy", _run, needs=("eager",), needs_any=BACKENDS,
                        requested=_requested)

@@ -12,11 +12,12 @@ from typing import Literal
 import torch
 
 from dynexport import progress
-from dynexport.conversion import Converted
+from dynexport.conversion import converted_models
 from dynexport.eager import eager_call
 from dynexport.inputs import Inputs
 from dynexport.isolation import NativeCrash, run_isolated
-from dynexport.precision import PrecisionResult
+from dynexport.names import BACKENDS
+from dynexport.precision import PrecisionResult, variant_ir
 from dynexport.runtimes import open_runner, timings, to_numpy
 from dynexport.script import Script
 from dynexport.stage import Run, Stage
@@ -85,19 +86,17 @@ def _run(run: Run) -> list[BenchmarkRecord]:
     script = run.result("load", Script)
     options = run.options
     records = [time_eager(eager_call(script.model, script.method), script.example)]
-    for stage, runtime in (("onnx", "onnxruntime"), ("openvino", "openvino")):
-        converted = run.result(stage, Converted)
-        if converted is not None:
-            records.append(time_artifact(runtime, converted.artifact, script.example,
-                                         options.device, isolate=options.isolate))
+    records += [time_artifact(runtime, artifact, script.example, options.device,
+                              isolate=options.isolate)
+                for runtime, artifact in converted_models(run)]
     variant = run.result("precision", PrecisionResult)
     if variant is not None:
-        records.append(time_artifact("openvino", variant.artifact or run.result(
-            "openvino", Converted).artifact, script.example, options.device,
-            variant.openvino_config, variant.precision, isolate=options.isolate))
+        records.append(time_artifact("openvino", variant_ir(run, variant), script.example,
+                                     options.device, variant.openvino_config,
+                                     variant.precision, isolate=options.isolate))
     return records
 
 
-BENCHMARK_STAGE = Stage("benchmark", _run, needs=("load",), needs_any=("onnx", "openvino"),
+BENCHMARK_STAGE = Stage("benchmark", _run, needs=("load",), needs_any=BACKENDS,
                         requested=lambda run: run.options.device_missing if run.options.bench
                         else "")

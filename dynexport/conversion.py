@@ -25,7 +25,7 @@ from dynexport.errors import one_line, summary
 from dynexport.hazards.location import location_from_stack_trace
 from dynexport.hazards.records import SourceLocation, UnsupportedOp
 from dynexport.isolation import start_isolated
-from dynexport.names import Backend
+from dynexport.names import Backend, RuntimeName
 from dynexport.quiet import quiet_torch
 from dynexport.script import Script
 from dynexport.stage import Run, Stage, StageFailed
@@ -54,6 +54,16 @@ class ConversionFailure:
     backend: Backend
     unsupported_ops: list[UnsupportedOp]
     notes: list[str] = field(default_factory=list)  # what the preflight could only judge partly
+
+
+def converted_models(run: Run) -> list[tuple[RuntimeName, str]]:
+    """(runtime, artifact) of each conversion of this run that succeeded."""
+    found = []
+    for backend, runtime in (("onnx", "onnxruntime"), ("openvino", "openvino")):
+        converted = run.result(backend, Converted)
+        if converted is not None:
+            found.append((runtime, converted.artifact))
+    return found
 
 
 def replaced_ops(program: ExportedProgram) -> list[tuple[str, SourceLocation | None]]:

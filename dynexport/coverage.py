@@ -46,6 +46,7 @@ from dynexport.decompositions import decompose, decomposition_table
 from dynexport.errors import chain_text
 from dynexport.hazards.location import location_from_stack_trace
 from dynexport.hazards.records import Backend, SourceLocation, UnsupportedOp
+from dynexport.names import BACKENDS
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -60,7 +61,6 @@ __all__ = [
     "unsupported_ops",
 ]
 
-BACKENDS: tuple[Backend, ...] = ("onnx", "openvino")
 # What a backend's own preparation of a program raises when it cannot trace or decompose it
 # (torch errors, including GuardOnDataDependentSymNode and PendingUnbackedSymbolNotFound, are
 # RuntimeErrors). Anything else is a bug to surface, not a weaker coverage answer.

@@ -31,8 +31,10 @@ def eager_call(model: torch.nn.Module, method: str = "forward") -> Callable[[Inp
 
 @dataclass
 class EagerRun:
-    """Eager PyTorch's outputs per input (flattened and named) and what the watch saw."""
+    """Eager PyTorch's outputs per input (flattened and named), the inputs themselves (every
+    later stage runs these), and what the watch saw."""
 
+    inputs: dict[InputKind, Inputs] = field(default_factory=dict)
     outputs: dict[InputKind, list[tuple[str, Any]]] = field(default_factory=dict)
     conversions: list[Conversion] = field(default_factory=list)
 
@@ -45,7 +47,7 @@ def run_eager(model: torch.nn.Module, inputs: dict[InputKind, Inputs],
     """Call the model on each input under the conversion watch. Raises StageFailed (with what
     was seen so far as evidence) when the model itself raises."""
     call = eager_call(model, method)
-    result = EagerRun()
+    result = EagerRun(inputs=dict(inputs))
     for kind, values in inputs.items():
         progress.step(f"the {kind} input")
         produced: list[Any] = []
@@ -61,10 +63,9 @@ def run_eager(model: torch.nn.Module, inputs: dict[InputKind, Inputs],
     return result
 
 
-def run_inputs(run: Run) -> dict[InputKind, Inputs]:
-    """The example and the probe every stage of this run uses. Under --static a probe of other
-    sizes cannot run on the fixed-size models: a generated probe of the example's sizes
-    replaces it."""
+def _run_inputs(run: Run) -> dict[InputKind, Inputs]:
+    """The example and the probe of this run. Under --static a probe of other sizes cannot run
+    on the fixed-size models: a generated probe of the example's sizes replaces it."""
     script = run.result("load", Script)
     probe = script.probe
     if run.options.static and [t.shape for t in probe.tensors()] != [
@@ -75,7 +76,7 @@ def run_inputs(run: Run) -> dict[InputKind, Inputs]:
 
 def _run(run: Run) -> EagerRun:
     script = run.result("load", Script)
-    return run_eager(script.model, run_inputs(run), script.method)
+    return run_eager(script.model, _run_inputs(run), script.method)
 
 
 EAGER_STAGE = Stage("eager", _run, needs=("load",))

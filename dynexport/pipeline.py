@@ -25,11 +25,12 @@ from dynexport.conversion import (
     Decomposed,
 )
 from dynexport.coverage import OpCoverage, op_coverage, unsupported_ops
-from dynexport.eager import EAGER_STAGE, EagerRun, run_inputs
+from dynexport.eager import EAGER_STAGE, EagerRun
 from dynexport.errors import format_traceback, summary
 from dynexport.hazards.evidence import Evidence
 from dynexport.hazards.find import find_hazards
 from dynexport.hazards.handled import find_handled
+from dynexport.names import BACKENDS
 from dynexport.precision import PRECISION_STAGE, PrecisionResult
 from dynexport.quiet import quiet_torch
 from dynexport.report import Report
@@ -194,11 +195,10 @@ def evidence(state: Run) -> Evidence:
     eager = state.evidence("eager", EagerRun)
     decomposed = state.result("decompose", Decomposed)
     notes = []
-    if script is not None and eager is not None and state.options.static \
-            and run_inputs(state)["probe"] is not script.probe:
+    if script is not None and eager is not None and eager.inputs["probe"] is not script.probe:
         notes.append("--static: the script's probe has other sizes than the example, so a "
                      "generated probe of the example's sizes was verified instead")
-    failures = [failure for backend in ("onnx", "openvino")
+    failures = [failure for backend in BACKENDS
                 if (failure := state.evidence(backend, ConversionFailure)) is not None]
     return Evidence(
         model=script.model if script else None,

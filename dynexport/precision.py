@@ -39,7 +39,7 @@ from typing import Literal
 import numpy as np
 
 from dynexport.conversion import Converted
-from dynexport.eager import EagerRun, run_inputs
+from dynexport.eager import EagerRun
 from dynexport.inputs import Inputs
 from dynexport.isolation import run_isolated
 from dynexport.runtimes import DEFAULT_OPENVINO_CONFIG, OpenVINORunner, timings, to_numpy
@@ -350,14 +350,19 @@ def _quantize(f32_xml: Path, target: Path, calibration: Sequence[Inputs],
 
 # --- the stage ---------------------------------------------------------------------------------
 
+def variant_ir(run: Run, result: PrecisionResult) -> str:
+    """The IR `result` runs: its own (int8, fp16-weights), or the f32 IR with its hint."""
+    return result.artifact or run.result("openvino", Converted).artifact
+
+
 def _run(run: Run) -> PrecisionResult:
     """--precision other than f32: calibrates on get_calibration_inputs() if the script has it,
     else on the example and the probe; in a child process like every runtime."""
     script, eager = run.result("load", Script), run.result("eager", EagerRun)
     f32 = run.result("openvino", Converted)
-    inputs = run_inputs(run)
+    inputs = eager.inputs
     calibration = script.calibration() if script.calibration else list(inputs.values())
-    names = eager.output_names() if eager else None
+    names = eager.output_names()
 
     def made(precision: Precision) -> PrecisionResult:
         return run_isolated(
@@ -388,8 +393,7 @@ def _choose(run: Run, script: Script, made) -> PrecisionResult:
         except PrecisionError as exc:  # e.g. int8 without NNCF: say so, try the others
             tried.append((None, Candidate(precision, "", 0.0, 0.0, None, None, str(exc))))
             continue
-        accuracy = measure(script, [("openvino", precision, result.artifact or
-                                     run.result("openvino", Converted).artifact,
+        accuracy = measure(script, [("openvino", precision, variant_ir(run, result),
                                      result.openvino_config)],
                            run.options.device, run.options.isolate, run.options.static)
         row, metric = accuracy.rows[-1], accuracy.metric
@@ -415,6 +419,6 @@ def _choose(run: Run, script: Script, made) -> PrecisionResult:
     return chosen
 
 
-PRECISION_STAGE = Stage("precision", _run, needs=("openvino",),
+PRECISION_STAGE = Stage("precision", _run, needs=("eager", "openvino"),
                         requested=lambda run: "" if run.options.precision == "f32"
                         else run.options.device_missing)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 from dynexport.conversion import Converted
-from dynexport.precision import PrecisionResult
+from dynexport.precision import PrecisionResult, variant_ir
 from dynexport.runtimes import DEFAULT_OPENVINO_CONFIG
 from dynexport.stage import Run, Stage, StageFailed
 
@@ -152,8 +152,7 @@ def _run(run: Run) -> Served:
                               "which was not converted")
         if layout == "ovms":
             precision = run.result("precision", PrecisionResult)
-            xml = (precision.artifact if precision and precision.artifact
-                   else converted.artifact)
+            xml = variant_ir(run, precision) if precision else converted.artifact
             config = precision.openvino_config if precision else DEFAULT_OPENVINO_CONFIG
             served.records.append(write_ovms(xml, out / "ovms", name, config))
         else:

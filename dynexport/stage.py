@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from dynexport.names import StageName, StageStatus
+from dynexport.names import BACKENDS, StageName, StageStatus
 
 T = TypeVar("T")
 
@@ -19,7 +19,7 @@ class Options:
     """What the user asked for on the command line."""
 
     out_dir: Path
-    targets: tuple[str, ...] = ("onnx", "openvino")
+    targets: tuple[str, ...] = BACKENDS
     verify: bool = True
     bench: bool = False
     device: str = "CPU"

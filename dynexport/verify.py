@@ -14,11 +14,12 @@ import numpy as np
 import torch
 
 from dynexport import progress
-from dynexport.eager import EagerRun, run_inputs
+from dynexport.conversion import converted_models
+from dynexport.eager import EagerRun
 from dynexport.errors import summary
 from dynexport.inputs import Inputs
 from dynexport.isolation import NativeCrash, run_isolated
-from dynexport.names import InputKind, RuntimeName
+from dynexport.names import BACKENDS, InputKind, RuntimeName
 from dynexport.runtimes import Runner, open_runner, to_numpy
 from dynexport.stage import Run, Stage
 
@@ -213,19 +214,15 @@ def _failed_everywhere(runtime: RuntimeName, expected: dict[InputKind, list[tupl
 
 
 def _run(run: Run) -> list[Verification]:
-    eager, inputs = run.result("eager", EagerRun), run_inputs(run)
-    records: list[Verification] = []
-    for stage, runtime in (("onnx", "onnxruntime"), ("openvino", "openvino")):
-        artifact = run.results.get(stage)
-        if artifact is not None:
-            records += verify_artifact(runtime, Path(artifact.artifact), run.options.device,
-                                       eager.outputs, inputs, run.options.isolate)
-    return records
+    eager = run.result("eager", EagerRun)
+    return [record for runtime, artifact in converted_models(run)
+            for record in verify_artifact(runtime, Path(artifact), run.options.device,
+                                          eager.outputs, eager.inputs, run.options.isolate)]
 
 
 def _requested(run: Run) -> str | None:
     return "--no-verify" if not run.options.verify else run.options.device_missing
 
 
-VERIFY_STAGE = Stage("verify", _run, needs=("eager",), needs_any=("onnx", "openvino"),
+VERIFY_STAGE = Stage("verify", _run, needs=("eager",), needs_any=BACKENDS,
                      requested=_requested)
