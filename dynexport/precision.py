@@ -7,6 +7,11 @@ f32 model that verification pinned.
   and `inference_precision` says so).
 * `int8`: NNCF post-training quantisation of the IR (`nncf.quantize` on calibration inputs),
   written to `openvino_int8/model.xml`; the layers left in floating point run at f32.
+* `f16`: the f32 IR compiled with `INFERENCE_PRECISION_HINT=f16` (what Intel GPU and NPU
+  compute in; a CPU without f16 arithmetic computes bf16 or f32, and `inference_precision`
+  says which).
+* `auto`: bf16, f16 and int8 made, timed and scored with the script's metric on its
+  validation data; the fastest within `--accuracy-budget` of eager f32 ships (`_choose`).
 * `fp16-weights`: the IR with its weights stored as f16 (`compress_to_fp16=True`), written to
   `openvino_fp16/model.xml`, computed at f32.
 
