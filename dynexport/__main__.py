@@ -52,8 +52,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="OpenVINO precision to ship, timed and compared with f32 "
                         "(verification stays f32): bf16 hint, int8 (NNCF), fp16-weights")
     parser.add_argument("--accuracy-budget", type=float, default=1.0, metavar="POINTS",
-                        help="--precision auto: how many points of the script's metric below "
-                        "eager f32 a precision may lose (default 1.0)")
+                        help="--precision auto and int8: how many points of the script's "
+                        "metric below eager f32 a precision may lose (int8 with a metric: NNCF's "
+                        "accuracy control keeps in float the layers that cost more; default 1.0)")
     parser.add_argument("--layout", default="",
                         help="serving repositories to write, among ovms,triton")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")

@@ -1,14 +1,20 @@
 """Accuracy stage: the script's metric on its validation data, for eager PyTorch at f32, each
-runtime at f32 and the --precision variant, each against eager f32 (contract §6).
+runtime at f32 and the --precision variant, each against eager f32 (contract §2).
 
 Runs when the script defines `get_validation_data()` and `metric(outputs, targets)`. The
 runtimes' flat outputs are put back into the structure eager returns (a dict, a tuple), so the
 metric reads every runtime's outputs the way it reads the model's. Each runtime runs in a child
-process, like verification."""
+process, like verification.
+
+With the script's `picture(output, target)`, each row's output for the first validation sample
+is drawn to pictures/<runtime>-<precision>.png in the output folder (the row's `picture`). A
+picture that fails does not stop the measurement: the rows are all measured, then the stage
+fails naming `picture`, its rows kept as the failure's evidence."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,13 +24,14 @@ from torch.utils import _pytree as pytree
 from dynexport import progress
 from dynexport.conversion import converted_models
 from dynexport.eager import eager_call
-from dynexport.inputs import Inputs
+from dynexport.inputs import Inputs, flatten_outputs
 from dynexport.isolation import run_isolated
 from dynexport.names import BACKENDS
 from dynexport.precision import PrecisionResult, variant_ir
 from dynexport.runtimes import open_runner, to_numpy
-from dynexport.script import Script
+from dynexport.script import Script, ScriptError
 from dynexport.stage import Run, Stage, StageFailed
+from dynexport.verify import percent
 
 
 @dataclass
@@ -33,15 +40,26 @@ class AccuracyRow:
     precision: str  # "f32" or the --precision variant
     value: float  # the primary metric
     delta: float  # against eager f32 (higher is better: negative is a loss)
+    picture: str | None = None  # the first sample drawn by the script, relative to the out dir
+    # integer outputs (labels): the share of elements equal to eager f32's, over every sample
+    label_agreement: dict[str, float] = field(default_factory=dict)
 
-    COLUMNS = ("runtime", "precision", "value", "delta vs eager f32")
+    COLUMNS = ("runtime", "precision", "value", "delta vs eager f32", "labels agree")
 
     def to_json(self) -> dict:
-        return {"runtime": self.runtime, "precision": self.precision, "value": self.value,
+        data = {"runtime": self.runtime, "precision": self.precision, "value": self.value,
                 "delta": self.delta}
+        if self.picture is not None:
+            data["picture"] = self.picture
+        if self.label_agreement:
+            data["label_agreement"] = self.label_agreement
+        return data
 
     def cells(self) -> tuple[str, ...]:
-        return (self.runtime, self.precision, f"{self.value:.3f}", f"{self.delta:+.3f}")
+        agreement = ", ".join(f"{name} {percent(share)}"
+                              for name, share in self.label_agreement.items())
+        return (self.runtime, self.precision, f"{self.value:.3f}", f"{self.delta:+.3f}",
+                agreement)
 
 
 @dataclass
@@ -51,6 +69,8 @@ class Accuracy:
     metric: str
     samples: int
     rows: list[AccuracyRow] = field(default_factory=list)
+    # Why the script's picture failed (the stage then fails with it); not in report.json
+    picture_error: str | None = None
 
     def to_json(self) -> dict:
         return {"metric": self.metric, "samples": self.samples,
@@ -58,6 +78,53 @@ class Accuracy:
 
     def summary(self) -> str:
         return f"{self.metric} on {self.samples} validation samples (higher is better)."
+
+    def pictures(self) -> list[tuple[str, str]]:
+        """(caption, path relative to the output folder) of each row drawn."""
+        return [(f"{row.runtime} {row.precision}", row.picture) for row in self.rows
+                if row.picture is not None]
+
+
+PICTURES = "pictures"  # the folder of the rows' pictures, in the output folder
+
+
+def picture_path(runtime: str, precision: str) -> str:
+    """Where the picture of a row goes, relative to the output folder."""
+    return f"{PICTURES}/{runtime}-{precision}.png"
+
+
+class _Painter:
+    """Draws the first validation sample of each row with the script's picture into
+    `out_dir`/pictures/; after the first failure it draws nothing more and keeps the reason."""
+
+    def __init__(self, script: Script, out_dir: Path | None, target: Any):
+        self.picture = script.picture if out_dir is not None else None
+        self.out_dir, self.target = out_dir, target
+        self.error: str | None = None
+        self.drawn = 0
+
+    def draw(self, runtime: str, precision: str, output: Any) -> str | None:
+        """The row's picture path (relative to the output folder), None when not drawn."""
+        if self.picture is None or self.error is not None:
+            return None
+        relative = picture_path(runtime, precision)
+        path = self.out_dir / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)  # a picture of an earlier run must not pass for this one
+        progress.step(f"picture of {runtime} {precision}")
+        try:
+            image = self.picture(output, self.target)
+        except ScriptError as exc:
+            drawn = (f"the {self.drawn} drawn before it are in {path.parent}" if self.drawn
+                     else "none was drawn")
+            self.error = (f"{exc} (Drawing {runtime} {precision}; {drawn}. The metric was "
+                          "still measured for every row.)")
+            return None
+        from PIL import Image
+
+        Image.fromarray(np.ascontiguousarray(image)).save(path)
+        self.drawn += 1
+        return relative
 
 
 def _runtime_outputs(runtime: str, artifact: str, device: str, config: dict | None,
@@ -73,9 +140,12 @@ def _runtime_outputs(runtime: str, artifact: str, device: str, config: dict | No
 
 
 def measure(script: Script, runtimes: list[tuple[str, str, str, dict | None]], device: str,
-            isolate: bool = True, static: bool = False) -> Accuracy:
+            isolate: bool = True, static: bool = False,
+            pictures: Path | None = None) -> Accuracy:
     """`runtimes`: (runtime, precision, artifact, compile config) to evaluate beside eager.
-    `static`: the models take the example's sizes only (--static)."""
+    `static`: the models take the example's sizes only (--static). `pictures`: the output
+    folder; with the script's `picture`, each row's first sample is drawn into its pictures/
+    (a failure is kept in `picture_error`, for the caller to judge)."""
     data = script.validation()
     inputs, targets = [pair[0] for pair in data], [pair[1] for pair in data]
     sizes = [tuple(t.shape) for t in script.example.tensors()]
@@ -95,7 +165,9 @@ def measure(script: Script, runtimes: list[tuple[str, str, str, dict | None]], d
             eager.append(call(values))
     reference = script.metric(eager, targets)
     name = next(iter(reference))
-    accuracy = Accuracy(name, len(data), [AccuracyRow("eager", "f32", reference[name], 0.0)])
+    painter = _Painter(script, pictures, targets[0])
+    accuracy = Accuracy(name, len(data), [AccuracyRow("eager", "f32", reference[name], 0.0,
+                                                      painter.draw("eager", "f32", eager[0]))])
     spec = pytree.tree_flatten(eager[0])[1]
     for runtime, precision, artifact, config in runtimes:
         outputs = run_isolated(
@@ -103,8 +175,25 @@ def measure(script: Script, runtimes: list[tuple[str, str, str, dict | None]], d
                                                                      spec),
             f"{runtime} on the validation data", isolate)
         value = script.metric(outputs, targets)[name]
-        accuracy.rows.append(AccuracyRow(runtime, precision, value, value - reference[name]))
+        accuracy.rows.append(AccuracyRow(runtime, precision, value, value - reference[name],
+                                         painter.draw(runtime, precision, outputs[0]),
+                                         label_agreement(eager, outputs)))
+    accuracy.picture_error = painter.error
     return accuracy
+
+
+def label_agreement(reference: list[Any], outputs: list[Any]) -> dict[str, float]:
+    """Per integer output (labels, indices): the share of its elements, over all samples,
+    equal to the reference's."""
+    equal: dict[str, int] = {}
+    total: dict[str, int] = {}
+    for expected, actual in zip(reference, outputs, strict=True):
+        for (name, a), (_, b) in zip(flatten_outputs(expected), flatten_outputs(actual),
+                                     strict=True):
+            if isinstance(a, torch.Tensor) and not a.is_floating_point() and not a.is_complex():
+                equal[name] = equal.get(name, 0) + int((a == torch.as_tensor(b)).sum())
+                total[name] = total.get(name, 0) + a.numel()
+    return {name: equal[name] / total[name] for name in equal if total[name]}
 
 
 def _run(run: Run) -> Accuracy:
@@ -114,12 +203,24 @@ def _run(run: Run) -> Accuracy:
     if variant is not None and not variant.candidates:
         runtimes.append(("openvino", variant.precision, variant_ir(run, variant),
                          variant.openvino_config))
+    out_dir = run.options.out_dir
     accuracy = measure(script, runtimes, run.options.device, run.options.isolate,
-                       run.options.static)
-    if variant is not None:  # --precision auto measured each candidate already
-        accuracy.rows += [AccuracyRow("openvino", c.precision, c.value, c.delta)
+                       run.options.static, pictures=out_dir)
+    if variant is not None:  # --precision auto measured (and drew) each candidate already
+        accuracy.rows += [AccuracyRow("openvino", c.precision, c.value, c.delta,
+                                      _drawn(script, out_dir, "openvino", c.precision),
+                                      c.label_agreement or {})
                           for c in variant.candidates if c.value is not None]
+    if accuracy.picture_error is not None:  # the rows stay in the report as evidence
+        raise StageFailed(accuracy.picture_error, evidence=accuracy)
     return accuracy
+
+
+def _drawn(script: Script, out_dir: Path, runtime: str, precision: str) -> str | None:
+    """The picture path of a row measured by an earlier stage, if it drew one (a file left by
+    an earlier run was removed before drawing)."""
+    relative = picture_path(runtime, precision)
+    return relative if script.picture is not None and (out_dir / relative).is_file() else None
 
 
 def _requested(run: Run) -> str | None:

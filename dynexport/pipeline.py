@@ -228,7 +228,7 @@ def build_report(state: Run, facts: Evidence) -> Report:
         benchmark=[r for r in benchmark if isinstance(r, BenchmarkRecord)],
         precision=state.result("precision", PrecisionResult),
         serving=served.records if served else [],
-        accuracy=state.result("accuracy", Accuracy),
+        accuracy=state.evidence("accuracy", Accuracy),
         notes=facts.notes)
 
 

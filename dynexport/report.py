@@ -56,12 +56,20 @@ class Section:
     rows: list[tuple[str, ...]]
     note: str | None = None  # a sentence under the title
     details: list[str | None] = field(default_factory=list)  # raw text per row, HTML folds it
+    # (caption, path relative to report.md) of images under the table
+    pictures: list[tuple[str, str]] = field(default_factory=list)
 
     @classmethod
-    def of(cls, title: str, records: Sequence[Any], note: str | None = None) -> Section:
+    def of(cls, title: str, records: Sequence[Any], note: str | None = None,
+           pictures: list[tuple[str, str]] | None = None) -> Section:
         return cls(title, type(records[0]).COLUMNS if records else (),
                    [record.cells() for record in records], note,
-                   [getattr(record, "detail", None) for record in records])
+                   [getattr(record, "detail", None) for record in records], pictures or [])
+
+    def _pictures_line(self) -> str:
+        folders = sorted({str(Path(path).parent) for _, path in self.pictures})
+        return ("Pictures of the first validation sample, one per row: "
+                + ", ".join(folder + "/" for folder in folders))
 
     def to_markdown(self) -> list[str]:
         lines = [f"## {self.title}", ""]
@@ -73,9 +81,14 @@ class Section:
             lines += ["| " + " | ".join(_md_cell(cell) for cell in row) + " |"
                       for row in self.rows]
             lines.append("")
+        for caption, path in self.pictures:
+            lines += [f"**{caption}**", "", f"![{caption}]({path})", ""]
         return lines
 
-    def __rich__(self) -> Table | Text:
+    def __rich__(self) -> Table | Text | Group:
+        if self.pictures:
+            return Group(Section(self.title, self.columns, self.rows, self.note, self.details),
+                         Text(self._pictures_line()))
         if not self.rows:
             return Text(f"{self.title}: {self.note or 'none'}",
                         style="green" if self.title == "Hazards" else "")
@@ -92,6 +105,8 @@ class Section:
         head = f"<h4>{html.escape(self.title)}</h4>"
         if self.note:
             head += f"<p>{html.escape(self.note)}</p>"
+        if self.pictures:
+            head += f"<p>{html.escape(self._pictures_line())}</p>"
         if not self.rows:
             return head
         header = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
@@ -151,9 +166,9 @@ class Report:
                                 self.precision.summary()))
         if self.accuracy is not None:
             optional.insert(4 if self.precision is not None else 3,
-                            ("Accuracy", self.accuracy.rows, self.accuracy.summary()))
-        sections += [Section.of(title, records, note) for title, records, note in optional
-                     if records]
+                            ("Accuracy", self.accuracy.rows, self.accuracy.summary(),
+                             self.accuracy.pictures()))
+        sections += [Section.of(*entry) for entry in optional if entry[1]]
         if self.notes:
             sections.append(Section("Notes", ("note",), [(note,) for note in self.notes]))
         return sections
@@ -172,7 +187,7 @@ class Report:
             "verification": [record.to_json() for record in self.verification],
             "benchmark": [record.to_json() for record in self.benchmark],
         }
-        # Optional keys (contract §3, §6): present only when there is something to say.
+        # Optional keys (contract §2, §3): present only when there is something to say.
         if self.handled:
             data["handled"] = [item.to_json() for item in self.handled]
         if self.precision is not None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils import _pytree as pytree
 
@@ -21,6 +22,7 @@ from dynexport.errors import where_raised
 from dynexport.hazards.records import Hazard
 from dynexport.inputs import Inputs, InputStructureError, make_probe, normalize_inputs
 from dynexport.stage import Stage
+from dynexport.tolerance import Tolerance, parse_tolerances
 
 _SCRIPT_HELP = ("A dynexport script defines `get_model()` returning a torch.nn.Module and "
                 "`get_inputs()` returning example inputs (see the contract, section 2).")
@@ -47,9 +49,14 @@ class Script:
     # metric(outputs, targets) -> {name: value}, higher is better, first key primary; None
     # with validation data: no accuracy table (integer outputs still get label agreement)
     metric: Callable[[list[Any], list[Any]], dict[str, float]] | None = None
+    # picture(output, target) -> (H, W, 3) uint8 RGB array (optional): the accuracy stage
+    # draws the first validation sample of each row with it
+    picture: Callable[[Any, Any], np.ndarray] | None = None
     # Known when loading, before any stage runs: e.g. an integration's note that it left a
     # model's post-processing out of the exported graph.
     hazards: list[Hazard] = field(default_factory=list)
+    # tolerances (optional): how verification judges named outputs
+    tolerances: dict[str, Tolerance] = field(default_factory=dict)
 
 
 def load_script(path: str | os.PathLike, argv: list[str] | None = None) -> Script:
@@ -94,9 +101,19 @@ def _load(path: Path) -> Script:
     metric = None
     if getattr(module, "metric", None) is not None:
         metric = _checked_metric(module.metric, path)
+    picture = None
+    if getattr(module, "picture", None) is not None:
+        picture = _checked_picture(module.picture, path)
+    try:
+        tolerances = parse_tolerances(getattr(module, "tolerances", {}), str(path))
+    except ValueError as exc:
+        raise ScriptError(f"{exc}. Example: `tolerances = {{\"logits\": {{\"share\": "
+                          "0.999}}}` lets 0.1 % of the logits differ beyond the default "
+                          "tolerance (contract section 2).") from exc
     return Script(path=path, model=model, example=example, probe=probe,
                   dynamic_shapes=getattr(module, "dynamic_shapes", None), method=method,
-                  calibration=calibration, validation=validation, metric=metric)
+                  calibration=calibration, validation=validation, metric=metric,
+                  picture=picture, tolerances=tolerances)
 
 
 def _import(path: Path) -> ModuleType:
@@ -225,6 +242,35 @@ def _checked_metric(function: Any, path: Path) -> Callable[[list[Any], list[Any]
         return {k: float(v) for k, v in values.items()}
 
     return metric
+
+
+def _checked_picture(function: Any, path: Path) -> Callable[[Any, Any], np.ndarray]:
+    """The script's picture hook, its failures and wrong answers turned into a ScriptError."""
+    if not callable(function):
+        raise ScriptError(f"`picture` in {path} is a {type(function).__name__}, not a function. "
+                          "Define `def picture(output, target) -> numpy.ndarray` returning an "
+                          "(H, W, 3) uint8 RGB image.")
+
+    def picture(output: Any, target: Any) -> np.ndarray:
+        try:
+            image = function(output, target)
+        except Exception as exc:
+            raise ScriptError(f"`picture(output, target)` in {path} raised {_summary(exc)}. It "
+                              "gets one model output (as the model returns it, also for the "
+                              "converted runtimes) and the target of the first "
+                              "get_validation_data() pair; fix it so it runs on those and "
+                              "returns an (H, W, 3) uint8 RGB numpy array.") from exc
+        if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3
+                and image.shape[2] == 3 and image.size):
+            got = (f"an array of shape {image.shape} and dtype {image.dtype}"
+                   if isinstance(image, np.ndarray) else f"a {type(image).__name__}")
+            raise ScriptError(f"`picture(output, target)` in {path} returned {got}, not an "
+                              "(H, W, 3) uint8 RGB numpy array. Return e.g. "
+                              "`np.asarray(pil_image.convert('RGB'))`, or "
+                              "`array.astype(np.uint8)` for colours in 0..255.")
+        return image
+
+    return picture
 
 
 def _summary(exc: BaseException) -> str:

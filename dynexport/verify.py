@@ -6,6 +6,7 @@ or running fails its own records, not dynexport."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,9 @@ from dynexport.inputs import Inputs
 from dynexport.isolation import NativeCrash, run_isolated
 from dynexport.names import BACKENDS, InputKind, RuntimeName
 from dynexport.runtimes import Runner, open_runner, to_numpy
+from dynexport.script import Script, ScriptError
 from dynexport.stage import Run, Stage
+from dynexport.tolerance import DEFAULT_TOLERANCE, Tolerance
 
 # (rtol, atol as a fraction of the output's largest magnitude) per reference dtype. float64 gets
 # float32's: OpenVINO's CPU plugin and several onnxruntime kernels compute float64 in float32.
@@ -36,17 +39,21 @@ MIN_INTEGER_AGREEMENT = 0.999
 
 @dataclass
 class Comparison:
-    """One output against its reference: differences, label agreement for integer outputs,
-    and, when it fails for a reason other than the values, that reason."""
+    """One output against its reference: differences, how many elements fall outside the
+    tolerance, label agreement for integer outputs, and, when it fails for a reason other
+    than the values, that reason."""
 
     max_abs_diff: float
     max_rel_diff: float
     passed: bool
     label_agreement: float | None = None  # integer outputs: share of equal elements
     reason: str | None = None  # e.g. "shape (0, 4) instead of eager's (300, 4)"
+    outside: int = 0  # elements outside the tolerance (integers: unequal)
+    elements: int = 0
 
     @classmethod
-    def of(cls, reference: Any, actual: Any) -> Comparison:
+    def of(cls, reference: Any, actual: Any,
+           tolerance: Tolerance = DEFAULT_TOLERANCE) -> Comparison:
         """Compare `actual` with `reference` (arrays or tensors).
 
         NaN and infinity count as equal where both sides have the same one (a singular matrix
@@ -75,17 +82,30 @@ class Comparison:
         scale = float(magnitude.max())
         max_rel = max_abs / scale if scale > 0 else max_abs
         if integer:
-            agreement = float((diff == 0).mean())
-            return cls(max_abs, max_rel, agreement >= MIN_INTEGER_AGREEMENT, agreement)
+            outside = int(np.count_nonzero(diff))
+            agreement = 1.0 - outside / diff.size
+            share = MIN_INTEGER_AGREEMENT if tolerance.share is None else tolerance.share
+            return cls(max_abs, max_rel, _meets(agreement, share), agreement, outside=outside,
+                       elements=diff.size)
         rtol, atol = _FLOAT_TOLERANCE.get(reference.dtype,
                                           _FLOAT_TOLERANCE[np.dtype(np.float16)])
+        rtol = rtol if tolerance.rtol is None else tolerance.rtol
+        atol = atol if tolerance.atol is None else tolerance.atol
         magnitude *= rtol  # in place: the tolerance array reuses the magnitude's memory
         magnitude += atol * max(scale, 1.0)
-        return cls(max_abs, max_rel, bool((diff <= magnitude).all()))
+        outside = int(np.count_nonzero(diff > magnitude))
+        if tolerance.argmax and ref.ndim >= 1 and ref.shape[-1] > 1:
+            agreement = float((ref.argmax(-1) == act.argmax(-1)).mean())
+            share = MIN_INTEGER_AGREEMENT if tolerance.share is None else tolerance.share
+            return cls(max_abs, max_rel, _meets(agreement, share), agreement, outside=outside,
+                       elements=diff.size)
+        share = 1.0 if tolerance.share is None else tolerance.share
+        return cls(max_abs, max_rel, _meets(1.0 - outside / diff.size, share),
+                   outside=outside, elements=diff.size)
 
 
-def compare(reference: Any, actual: Any) -> Comparison:
-    return Comparison.of(reference, actual)
+def compare(reference: Any, actual: Any, tolerance: Tolerance = DEFAULT_TOLERANCE) -> Comparison:
+    return Comparison.of(reference, actual, tolerance)
 
 
 @dataclass
@@ -101,14 +121,18 @@ class Verification:
     label_agreement: float | None = None
     error: str | None = None  # why it failed, when not by its values
     runtime_failed: bool = False  # the runtime raised or crashed: no values were compared
+    outside: int = 0  # elements outside the tolerance (integers: unequal to eager's)
+    elements: int = 0
 
-    COLUMNS = ("runtime", "inputs", "output", "max abs", "max rel", "labels agree", "passed")
+    COLUMNS = ("runtime", "inputs", "output", "max abs", "max rel", "labels agree",
+               "outside tolerance", "passed")
 
     @classmethod
     def from_comparison(cls, runtime: RuntimeName, inputs: InputKind, output: str,
                         comparison: Comparison) -> Verification:
         return cls(runtime, inputs, output, comparison.max_abs_diff, comparison.max_rel_diff,
-                   comparison.passed, comparison.label_agreement, comparison.reason)
+                   comparison.passed, comparison.label_agreement, comparison.reason,
+                   outside=comparison.outside, elements=comparison.elements)
 
     def to_json(self) -> dict:
         data = {"runtime": self.runtime, "inputs": self.inputs, "output": self.output,
@@ -116,6 +140,8 @@ class Verification:
                 "max_rel_diff": _finite(self.max_rel_diff), "passed": self.passed}
         if self.label_agreement is not None:
             data["label_agreement"] = self.label_agreement
+        if self.elements:
+            data["outside"], data["elements"] = self.outside, self.elements
         if self.error:
             data["error"] = self.error
         return data
@@ -123,25 +149,28 @@ class Verification:
     def cells(self) -> tuple[str, ...]:
         agreement = percent(self.label_agreement)
         verdict = "yes" if self.passed else "NO" + (f" ({self.error})" if self.error else "")
+        outside = f"{self.outside:,} of {self.elements:,}" if self.outside else ""
         return (self.runtime, self.inputs, self.output, f"{self.max_abs_diff:.3g}",
-                f"{self.max_rel_diff:.3g}", agreement, verdict)
+                f"{self.max_rel_diff:.3g}", agreement, outside, verdict)
 
 
 def verify(expected: dict[InputKind, list[tuple[str, Any]]], runner: Runner,
-           inputs: dict[InputKind, Inputs], repeats: int = 2) -> list[Verification]:
-    """Compare `runner` with eager's `expected` outputs on every named input; the runner runs
-    `repeats` times per input and the worst difference counts (multi-threaded kernels may
-    race)."""
+           inputs: dict[InputKind, Inputs], repeats: int = 2,
+           tolerances: dict[str, Tolerance] | None = None) -> list[Verification]:
+    """Compare `runner` with eager's `expected` outputs on every named input, each output
+    judged by its entry in `tolerances` (default: the dtype's); the runner runs `repeats`
+    times per input and the worst difference counts (multi-threaded kernels may race)."""
     records: list[Verification] = []
     for kind, values in inputs.items():
         progress.step(f"{runner.name} on the {kind} input")
         records += _verify_input(runner, kind, to_numpy(values.tensors()), expected[kind],
-                                 repeats)
+                                 repeats, tolerances or {})
     return records
 
 
 def _verify_input(runner: Runner, kind: InputKind, feeds: list[np.ndarray],
-                  expected: list[tuple[str, Any]], repeats: int) -> list[Verification]:
+                  expected: list[tuple[str, Any]], repeats: int,
+                  tolerances: dict[str, Tolerance]) -> list[Verification]:
     worst: dict[str, Verification] = {}
     for _ in range(repeats):
         try:
@@ -153,11 +182,12 @@ def _verify_input(runner: Runner, kind: InputKind, feeds: list[np.ndarray],
                                   f"{runner.name} returned {len(outputs)} outputs, eager "
                                   f"{len(expected)}")
         for (name, reference), actual in zip(expected, outputs, strict=True):
-            record = Verification.from_comparison(runner.name, kind, name,
-                                                  Comparison.of(reference, actual))
+            comparison = Comparison.of(reference, actual, tolerances.get(name, DEFAULT_TOLERANCE))
+            record = Verification.from_comparison(runner.name, kind, name, comparison)
             previous = worst.get(name)
             if previous is None or (previous.passed and (
-                    not record.passed or record.max_abs_diff > previous.max_abs_diff)):
+                    not record.passed or record.outside > previous.outside
+                    or record.max_abs_diff > previous.max_abs_diff)):
                 worst[name] = record
     return list(worst.values())
 
@@ -175,6 +205,11 @@ def percent(share: float | None) -> str:
     return "100 %" if share >= 1 else f"{np.floor(share * 1e5) / 1e3:.3f} %"
 
 
+def _meets(share: float, required: float) -> bool:
+    """`share` >= `required`, where both may carry float rounding (1 - 0.9998 is not 2e-4)."""
+    return share >= required or math.isclose(share, required, rel_tol=1e-9)
+
+
 def _array(value: Any) -> np.ndarray:
     if isinstance(value, torch.Tensor):
         return value.detach().cpu().numpy()
@@ -190,7 +225,8 @@ def _finite(value: float) -> float | None:
 
 def verify_artifact(runtime: RuntimeName, artifact: Path, device: str,
                     expected: dict[InputKind, list[tuple[str, Any]]],
-                    inputs: dict[InputKind, Inputs], isolate: bool = True) -> list[Verification]:
+                    inputs: dict[InputKind, Inputs], isolate: bool = True,
+                    tolerances: dict[str, Tolerance] | None = None) -> list[Verification]:
     """Open `artifact` in `runtime` and verify it, in a child process: a crash while compiling
     or running becomes failed records naming the signal."""
     def opened_and_verified() -> list[Verification]:
@@ -199,7 +235,7 @@ def verify_artifact(runtime: RuntimeName, artifact: Path, device: str,
             runner = open_runner(runtime, artifact, device)
         except Exception as exc:  # a model the runtime cannot compile fails every record
             return _failed_everywhere(runtime, expected, inputs, f"compiling: {summary(exc)}")
-        return verify(expected, runner, inputs)
+        return verify(expected, runner, inputs, tolerances=tolerances)
 
     try:
         return run_isolated(opened_and_verified, f"{runtime} on {artifact.name}", isolate)
@@ -214,10 +250,18 @@ def _failed_everywhere(runtime: RuntimeName, expected: dict[InputKind, list[tupl
 
 
 def _run(run: Run) -> list[Verification]:
-    eager = run.result("eager", EagerRun)
+    eager, script = run.result("eager", EagerRun), run.result("load", Script)
+    tolerances = script.tolerances
+    unknown = sorted(set(tolerances) - set(eager.output_names()))
+    if unknown:
+        raise ScriptError(
+            f"`tolerances` in {script.path} names {', '.join(map(repr, unknown))}, which the "
+            f"model does not return (its outputs: {', '.join(eager.output_names())}). Use the "
+            "output names of the report's verification table.")
     return [record for runtime, artifact in converted_models(run)
             for record in verify_artifact(runtime, Path(artifact), run.options.device,
-                                          eager.outputs, eager.inputs, run.options.isolate)]
+                                          eager.outputs, eager.inputs, run.options.isolate,
+                                          tolerances)]
 
 
 def _requested(run: Run) -> str | None:

@@ -1,10 +1,12 @@
-"""Contract §6: get_validation_data() + metric() give an accuracy table per runtime and
+"""Contract §2: get_validation_data() + metric() give an accuracy table per runtime and
 precision; a metric or validation function that fails exits 2 and keeps what was written."""
 
 import numpy as np
 import pytest
 import torch
 from conftest import read_report
+
+from dynexport.accuracy import label_agreement
 
 CLASSIFIER = """
 import torch
@@ -39,18 +41,25 @@ ACCURACY = """    right = sum(int((o["labels"] == t).sum()) for o, t in zip(outp
 """
 
 
-def _expected_accuracy() -> float:
-    """The same accuracy computed independently: the linear layer in numpy."""
+def validation_labels() -> list[tuple[np.ndarray, np.ndarray]]:
+    """CLASSIFIER's labels of each validation sample computed independently (the linear layer
+    in numpy), with the sample's target."""
     torch.manual_seed(0)
     fc = torch.nn.Linear(6, 4)
     weight, bias = fc.weight.detach().numpy(), fc.bias.detach().numpy()
     g = torch.Generator().manual_seed(2)
-    right = total = 0
+    pairs = []
     for _ in range(3):
         x, t = torch.randn(8, 6, generator=g).numpy(), torch.randint(0, 4, (8,), generator=g)
-        right += int(((x @ weight.T + bias).argmax(-1) == t.numpy()).sum())
-        total += 8
-    return 100.0 * right / total
+        pairs.append(((x @ weight.T + bias).argmax(-1), t.numpy()))
+    return pairs
+
+
+def _expected_accuracy() -> float:
+    """The same accuracy computed independently."""
+    pairs = validation_labels()
+    right = sum(int((labels == target).sum()) for labels, target in pairs)
+    return 100.0 * right / sum(len(target) for _, target in pairs)
 
 
 def test_accuracy_table_per_runtime(cli, write_script, tmp_path):
@@ -64,7 +73,17 @@ def test_accuracy_table_per_runtime(cli, write_script, tmp_path):
     for row in rows.values():
         assert row["value"] == pytest.approx(_expected_accuracy())
         assert row["delta"] == pytest.approx(0.0)
+    for runtime in ("onnxruntime", "openvino"):  # the labels output, over the 3 samples
+        assert rows[runtime, "f32"]["label_agreement"] == {"labels": 1.0}
     assert "## Accuracy" in (out / "report.md").read_text()
+
+
+def test_label_agreement_counts_equal_labels_over_every_sample():
+    reference = [{"labels": torch.tensor([1, 2, 3, 4]), "scores": torch.zeros(4)},
+                 {"labels": torch.tensor([5, 6]), "scores": torch.zeros(2)}]
+    outputs = [{"labels": torch.tensor([1, 2, 0, 4]), "scores": torch.ones(4)},
+               {"labels": torch.tensor([5, 6]), "scores": torch.ones(2)}]
+    assert label_agreement(reference, outputs) == {"labels": 5 / 6}  # floats are not labels
 
 
 def test_precision_variant_gets_its_row(cli, write_script, tmp_path):

@@ -88,6 +88,7 @@ def test_int8_writes_a_quantized_ir_and_reports_agreement(cli, net, tmp_path):
     assert precision["artifact"] == str(tmp_path / "openvino_int8" / "model.xml")
     assert precision["calibration_samples"] == 4  # get_calibration_inputs, not example+probe
     assert precision["not_quantized"] == 0  # no index math in a classifier
+    assert "accuracy_control" not in precision  # no metric: plain nncf.quantize
     _comparisons_are_complete(precision)
     quantized = ov.Core().read_model(precision["artifact"])
     assert any(op.get_type_name() == "FakeQuantize" for op in quantized.get_ops())

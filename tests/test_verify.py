@@ -1,8 +1,10 @@
 import numpy as np
 import pytest
 import torch
+from conftest import read_report
 
 from dynexport.inputs import Inputs, flatten_outputs
+from dynexport.tolerance import Tolerance, parse_tolerances
 from dynexport.verify import compare, verify
 
 
@@ -101,3 +103,104 @@ def test_finite_float32_fast_path_agrees_with_the_general_one():
         assert fast.passed == general.passed
         assert (fast.max_abs_diff, fast.max_rel_diff) == pytest.approx(
             (general.max_abs_diff, general.max_rel_diff), rel=1e-6)
+
+
+# --- per-output tolerances (a script's `tolerances`) --------------------------------------------
+
+def test_share_lets_a_counted_few_elements_off_and_no_more():
+    ref = np.linspace(1, 2, 10_000, dtype=np.float32)
+    act = ref.copy()
+    act[[5, 17]] += 1.0  # two elements off, e.g. the cells around a point that moved
+    strict = compare(ref, act)
+    assert not strict.passed and (strict.outside, strict.elements) == (2, 10_000)
+    assert compare(ref, act, Tolerance(share=0.9998)).passed
+    assert not compare(ref, act, Tolerance(share=0.9999)).passed  # 1 allowed, 2 off
+
+
+def test_rtol_and_atol_replace_the_dtype_defaults():
+    ref = np.ones(100, dtype=np.float32)
+    assert not compare(ref, ref + 0.01).passed
+    assert compare(ref, ref + 0.01, Tolerance(rtol=0.02)).passed
+    assert compare(ref, ref + 0.01, Tolerance(rtol=0.0, atol=0.011)).passed
+
+
+def test_argmax_judges_scores_by_the_labels_they_give():
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((500, 4)).astype(np.float32)
+    shifted = ref + 0.5  # far beyond tolerance, same labels everywhere
+    judged = compare(ref, shifted, Tolerance(argmax=True))
+    assert judged.passed and judged.label_agreement == 1.0 and judged.outside == 2000
+    flipped = ref.copy()
+    flipped[0] = -flipped[0] * 10  # one row's label changes: 1 of 500 = 99.8 % agree
+    assert not compare(ref, flipped, Tolerance(argmax=True)).passed
+    assert compare(ref, flipped, Tolerance(argmax=True, share=0.998)).passed
+
+
+def test_integer_outputs_count_the_unequal_elements():
+    ref = np.arange(5000, dtype=np.int32)
+    act = ref.copy()
+    act[:3] = -1  # three points in another cell
+    result = compare(ref, act)
+    assert result.passed and (result.outside, result.elements) == (3, 5000)
+    assert result.label_agreement == pytest.approx(1 - 3 / 5000)
+    assert not compare(ref, act, Tolerance(share=1.0)).passed
+
+
+@pytest.mark.parametrize("value, expected", [
+    ([1], "not a dict"),
+    ({"logits": 0.1}, "must map an output name"),
+    ({"logits": {"rtl": 0.1}}, "['rtl']"),
+    ({"logits": {"share": 1.5}}, "in (0, 1]"),
+    ({"logits": {"atol": -1}}, ">= 0"),
+    ({"logits": {"argmax": 1}}, "True or False"),
+])
+def test_malformed_tolerances_are_named(value, expected):
+    with pytest.raises(ValueError, match=None) as error:
+        parse_tolerances(value, "model.py")
+    assert expected in str(error.value)
+
+
+def test_tolerances_parse_into_per_output_records():
+    assert parse_tolerances({"logits": {"argmax": True, "share": 0.99}, "boxes": {"atol": 1}},
+                            "m.py") == {"logits": Tolerance(share=0.99, argmax=True),
+                                        "boxes": Tolerance(atol=1.0)}
+
+
+_TOLERANCE_SCRIPT = """
+import torch
+
+class Net(torch.nn.Module):
+    def forward(self, x):
+        return {{"scores": x * 3.0, "labels": x.argmax(-1)}}
+
+def get_model():
+    return Net()
+
+def get_inputs():
+    return (torch.randn(4, 5, generator=torch.Generator().manual_seed(0)),)
+
+tolerances = {tolerances}
+"""
+
+
+def test_a_script_tolerance_reaches_verification(cli, write_script, tmp_path):
+    script = write_script(_TOLERANCE_SCRIPT.format(tolerances='{"scores": {"argmax": True}}'))
+    code, _, _ = cli("--out", tmp_path, script)
+    report = read_report(tmp_path)
+    assert code == 0
+    scores = [v for v in report["verification"] if v["output"] == "scores"]
+    assert scores and all(v["label_agreement"] == 1.0 for v in scores)  # judged by argmax
+    labels = [v for v in report["verification"] if v["output"] == "labels"]
+    assert labels and all("label_agreement" in v and v["outside"] == 0 for v in labels)
+
+
+@pytest.mark.parametrize("tolerances, expected", [
+    ('{"scores": {"share": 2}}', "in (0, 1]"),
+    ('{"logits": {"argmax": True}}', "'logits', which the model does not return"),
+])
+def test_unusable_tolerances_exit_2_naming_them(cli, write_script, tmp_path, tolerances,
+                                                expected):
+    code, _, err = cli("--out", tmp_path, write_script(
+        _TOLERANCE_SCRIPT.format(tolerances=tolerances)))
+    assert code == 2 and "`tolerances" in err and expected in err
+    assert (tmp_path / "report.json").exists()  # the report is still written
