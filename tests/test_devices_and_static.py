@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import openvino as ov
+import pytest
 from conftest import REPO, read_report
 from rich.console import Console
 
@@ -30,15 +31,22 @@ def test_static_ir_has_only_static_shapes_and_verifies(cli, tmp_path):
     assert [list(p.get_shape()) for p in model.get_parameters()] == [[2, 3, 32, 32]]
 
 
-def test_static_flashocc_tiny(cli, tmp_path):
+@pytest.mark.parametrize("ranks", ["graph", "padded"])
+def test_static_flashocc_tiny(cli, tmp_path, ranks):
+    """Ranks in the graph, or as inputs padded to sizes no camera changes: every shape is
+    fixed, and the script's own probe (another rig) still runs on the fixed sizes."""
     out = tmp_path / "out"
     code, stdout, _ = cli("--out", out, "--static", "--to", "openvino",
-                          REPO / "examples" / "flashocc.py", "--config", "tiny")
+                          REPO / "examples" / "flashocc.py", "--config", "tiny",
+                          "--ranks", ranks)
     assert code == 0, stdout
     model = ov.Core().read_model(out / "openvino" / "model.xml")
     assert all(p.get_partial_shape().is_static for p in model.get_parameters())
     assert all(r.get_output_partial_shape(0).is_static for r in model.get_results())
-    assert all(v["passed"] for v in read_report(out)["verification"])
+    report = read_report(out)
+    assert all(v["passed"] for v in report["verification"])
+    assert not any("generated probe" in note for note in report.get("notes", []))
+    assert len(model.get_parameters()) == (7 if ranks == "graph" else 6)
 
 
 def test_absent_device_exits_2_naming_the_devices_and_keeps_the_ir(cli, tmp_path):

@@ -23,9 +23,13 @@ def test_export_variant_converts_and_verifies(cli, tmp_path, ranks):
     assert set(rows) == {("eager", "f32"), ("onnxruntime", "f32"), ("openvino", "f32")}
     assert all(abs(delta) < 0.5 for delta in rows.values())  # mIoU points
     checked = {(v["runtime"], v["inputs"], v["output"]) for v in report["verification"]}
+    # In the graph, the model also says which cell each frustum point fell in.
+    outputs = ("occupancy", "logits") + (("point_cells",) if ranks == "graph" else ())
     assert checked == {(runtime, inputs, output) for runtime in ("onnxruntime", "openvino")
-                       for inputs in ("example", "probe") for output in ("occupancy", "logits")}
+                       for inputs in ("example", "probe") for output in outputs}
     assert all(v["passed"] for v in report["verification"])
+    for v in report["verification"]:  # every compared output counts what is off
+        assert v["elements"] > 0 and 0 <= v["outside"] <= v["elements"]
 
 
 LEGACY = SCRIPT.parent / "flashocc" / "legacy.py"

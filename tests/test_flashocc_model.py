@@ -20,6 +20,8 @@ from flashocc import (  # noqa: E402
     TINY,
     CheckpointMismatch,
     FlashOcc,
+    FlashOccPadded,
+    compute_padded_ranks,
     compute_ranks,
     init_weights,
     load_checkpoint,
@@ -68,6 +70,24 @@ def test_in_graph_and_precomputed_ranks_agree(rig):
                                                *compute_ranks(TINY, *_cameras(rig)))
     assert torch.equal(graph["occupancy"], precomputed["occupancy"])
     torch.testing.assert_close(graph["logits"], precomputed["logits"], rtol=1e-5, atol=1e-5)
+
+
+def test_padded_ranks_give_flashocc_outputs(model, rig):
+    """Ranks padded to camera-independent sizes (fillers, a spare row) pool what FlashOcc's
+    ranks pool: the precomputed model's outputs, whatever the rig."""
+    cameras = _cameras(rig)
+    padded = compute_padded_ranks(TINY, *cameras)
+    dx, dy, dz = TINY.grid.size
+    cells = dx * (dy + 1) * dz
+    assert [t.numel() for t in padded] == [TINY.num_points + cells] * 3 + [cells] * 2
+    assert all(t.dtype == torch.int32 for t in padded)
+    padded_model = FlashOccPadded(TINY)
+    padded_model.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        expected = model.forward_precomputed(rig["images"], *compute_ranks(TINY, *cameras))
+        actual = padded_model.eval()(rig["images"], *padded)
+    assert torch.equal(actual["occupancy"], expected["occupancy"])
+    torch.testing.assert_close(actual["logits"], expected["logits"], rtol=1e-5, atol=1e-5)
 
 
 def test_boundary_band_splits_points_continuously():
@@ -156,6 +176,41 @@ def test_ranks_helper_matches_a_per_point_reference(rig):
     assert torch.equal(ranks.interval_starts.long(), starts)
     assert torch.equal(ranks.interval_lengths.long(),
                        torch.diff(starts, append=torch.tensor([bev.numel()])))
+
+
+def test_point_cells_output_matches_a_per_point_reference(model, rig):
+    """`point_cells`: each frustum point's cell by FlashOcc's hard assignment, -1 outside."""
+    with torch.no_grad():
+        cells = model(rig["images"], *_cameras(rig))["point_cells"]
+    assert cells.dtype == torch.int32 and cells.shape == (1, TINY.num_points)
+    reference = _reference_points(rig)
+    certain = {depth: rank for (depth, _), (rank, margin) in reference.items() if margin > 1e-4}
+    assert len(certain) > 0.99 * len(reference)
+    assert {depth: int(cells[0, depth]) for depth in certain} == {
+        depth: -1 if rank is None else rank for depth, rank in certain.items()}
+
+
+@pytest.mark.skipif("BF16" not in __import__("openvino").Core().get_property(
+    "CPU", "OPTIMIZATION_CAPABILITIES"), reason="this CPU computes no bf16")
+def test_under_openvino_bf16_the_camera_geometry_stays_f32(model, tmp_path):
+    """OpenVINO's CPU plugin keeps the nodes between the outputs and the nearest MatMul or
+    convolution in f32 under the bf16 hint; the geometry is elementwise and feeds
+    `point_cells`, so no point changes cell (measured with `@` for the 3×3 products: 15 of
+    768 cells differ)."""
+    import openvino as ov
+
+    from dynexport import export, to_openvino
+
+    rig = camera_rig(TINY, seed=3)
+    inputs = (rig["images"], *_cameras(rig))
+    ir = to_openvino(export(model, inputs))
+    feeds = [t.numpy() for t in inputs]
+    cells = {}
+    for hint in ("f32", "bf16"):
+        compiled = ov.Core().compile_model(ir, "CPU", {"INFERENCE_PRECISION_HINT": hint})
+        cells[hint] = compiled(feeds)[compiled.outputs[2]]
+    assert (cells["f32"] >= 0).sum() > 100  # points inside the grid
+    np.testing.assert_array_equal(cells["bf16"], cells["f32"])
 
 
 def test_checkpoint_round_trip_with_flashocc_names(model, tmp_path, rig):

@@ -5,12 +5,13 @@ original (legacy) patterns for comparison. See docs/flashocc.md."""
 
 from .checkpoint import CheckpointMismatch, load_checkpoint
 from .config import CONFIGS, M0, M1, SMALL, TINY, FlashOccConfig, GridConfig
-from .model import FlashOcc, FlashOccPrecomputed, init_weights
+from .model import FlashOcc, FlashOccPadded, FlashOccPrecomputed, init_weights
 from .preprocess import CameraImages, preprocess
-from .ranks import Ranks, compute_ranks, from_flashocc
+from .ranks import Ranks, compute_padded_ranks, compute_ranks, from_flashocc
 
 __all__ = [
     "CONFIGS", "M0", "M1", "SMALL", "TINY", "CameraImages", "CheckpointMismatch", "FlashOcc",
-    "FlashOccConfig", "FlashOccPrecomputed", "GridConfig", "Ranks", "compute_ranks",
+    "FlashOccConfig", "FlashOccPadded", "FlashOccPrecomputed", "GridConfig", "Ranks",
+    "compute_padded_ranks", "compute_ranks",
     "from_flashocc", "init_weights", "load_checkpoint", "preprocess",
 ]

@@ -45,10 +45,11 @@ class FlashOccConfig:
     bev_neck_channels: int = 128  # FPN_LSS out_channels = occupancy head in_dim
     head_channels: int = 128  # BEVOCCHead2D out_dim
     dz: int = 16  # occupancy voxels per BEV cell along z
-    # Ranks in the graph: points within this many metres of a cell boundary are split between
-    # the two cells (view_transformer.soft_cells), so that float32 rounding differences between
-    # runtimes cannot move a point to the next cell. 0: FlashOcc's hard assignment.
-    boundary_band: float = 0.001
+    # Ranks in the graph: 0 is FlashOcc's hard assignment of a point to its cell. Otherwise
+    # points within this many metres of a cell boundary are split between the two cells
+    # (view_transformer.soft_cells), so that float32 rounding differences between runtimes
+    # cannot move a point to the next cell (the example's --boundary-band).
+    boundary_band: float = 0.0
     num_classes: int = 18
 
     @property

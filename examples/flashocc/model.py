@@ -13,6 +13,7 @@ from .backbone import CustomFPN, ResNet
 from .bev_encoder import FPN_LSS, CustomResNet
 from .config import M0, FlashOccConfig
 from .head import BEVOCCHead2D
+from .ranks import Ranks
 from .view_transformer import LSSViewTransformer, sensor_to_key_ego
 
 
@@ -22,7 +23,8 @@ class FlashOcc(nn.Module):
     `forward` takes the cameras and computes the BEV pooling ranks in the graph;
     `forward_precomputed` takes the ranks instead (`flashocc.ranks.compute_ranks`).
     Both return {"occupancy": uint8 labels (B, Dx, Dy, Dz), "logits": float32
-    (B, Dx, Dy, Dz, classes)}.
+    (B, Dx, Dy, Dz, classes)}; `forward` also "point_cells": the BEV cell of every frustum
+    point (`LSSViewTransformer.forward`).
     """
 
     def __init__(self, config: FlashOccConfig = M0):
@@ -62,9 +64,9 @@ class FlashOcc(nn.Module):
                 intrinsics: Tensor, post_rots: Tensor, post_trans: Tensor,
                 bda: Tensor) -> dict[str, Tensor]:
         sensor2keyego = sensor_to_key_ego(sensor2ego, ego2global)
-        bev = self.img_view_transformer(self.image_encoder(images), sensor2keyego, intrinsics,
-                                        post_rots, post_trans, bda)
-        return self.predict(bev)
+        bev, point_cells = self.img_view_transformer(self.image_encoder(images), sensor2keyego,
+                                                     intrinsics, post_rots, post_trans, bda)
+        return {**self.predict(bev), "point_cells": point_cells}
 
     def forward_precomputed(self, images: Tensor, ranks_depth: Tensor, ranks_feat: Tensor,
                             ranks_bev: Tensor, interval_starts: Tensor,
@@ -84,6 +86,19 @@ class FlashOccPrecomputed(FlashOcc):
                 interval_lengths: Tensor) -> dict[str, Tensor]:
         return self.forward_precomputed(images, ranks_depth, ranks_feat, ranks_bev,
                                         interval_starts, interval_lengths)
+
+
+class FlashOccPadded(FlashOcc):
+    """FlashOcc whose `forward` takes the ranks in the in-graph layout
+    (`flashocc.ranks.compute_padded_ranks`): ranks as inputs, and no size that depends on the
+    cameras, so `--static` gives an IR whose every shape is fixed."""
+
+    def forward(self, images: Tensor, ranks_depth: Tensor, ranks_feat: Tensor,
+                ranks_bev: Tensor, interval_starts: Tensor,
+                interval_lengths: Tensor) -> dict[str, Tensor]:
+        ranks = Ranks(ranks_depth, ranks_feat, ranks_bev, interval_starts, interval_lengths)
+        return self.predict(self.img_view_transformer.forward_padded(
+            self.image_encoder(images), *ranks))
 
 
 def init_weights(model: nn.Module, seed: int = 0) -> nn.Module:

@@ -21,6 +21,7 @@ from .view_transformer import (
     frustum_indices,
     in_grid,
     sensor_to_key_ego,
+    static_pooling_indices,
     voxel_coords,
 )
 
@@ -51,6 +52,22 @@ def compute_ranks(config: FlashOccConfig, sensor2ego: Tensor, ego2global: Tensor
     ranks_bev = cell_rank(coords, config.grid.size[1], config.grid).flatten()
     ranks_depth, ranks_feat = frustum_indices(b, n, d, fh, fw, fw, coords.device)
     return Ranks(*prepare_bev_pool_v2(ranks_depth[kept], ranks_feat[kept], ranks_bev[kept]))
+
+
+@torch.no_grad()
+def compute_padded_ranks(config: FlashOccConfig, sensor2ego: Tensor, ego2global: Tensor,
+                         intrinsics: Tensor, post_rots: Tensor, post_trans: Tensor,
+                         bda: Tensor) -> Ranks:
+    """The ranks in the in-graph layout (`static_pooling_indices`, FlashOcc's hard assignment),
+    computed outside the model, int32: every frustum point plus one zero-weight filler per
+    cell (M = num_points + cells), one interval per cell (P = cells), the points outside the
+    grid in a spare row of cells. No size depends on the cameras: the form for devices that
+    need static shapes (an NPU), read by `forward_padded`."""
+    frustum = create_frustum(config.grid.depth, config.input_size, config.downsample)
+    points = ego_points(frustum, sensor_to_key_ego(sensor2ego, ego2global), intrinsics,
+                        post_rots, post_trans, bda)
+    coords = voxel_coords(points, config.grid).unsqueeze(-2)  # K = 1 cell per point
+    return Ranks(*(t.to(torch.int32) for t in static_pooling_indices(coords, config.grid)))
 
 
 # FlashOCC's own order: `voxel_pooling_prepare_v2` (view_transformer.py) and

@@ -12,9 +12,12 @@ Which cell a point lands in depends on the cameras, so the number of points insi
   occupied, so M = all frustum points + all cells and P = all cells, whatever the cameras.
   The ranks are sorted and the intervals counted with fixed-size tensors only. Which cell a
   point falls in is a step function of float32 coordinates: runtimes that round differently
-  in the last bit (measured: up to 4e-5 cell) would move a point now and then to the next
-  cell. A boundary band (`soft_cells`, 1 mm by default) splits the points that close to a
-  boundary between both cells, which makes the pooling continuous in the coordinates.
+  in the last bit (measured: up to 4e-5 cell) move a point now and then to the next cell.
+  The model computes FlashOcc's hard assignment and says where each point went
+  (`point_cells`, an output), so verification counts the points that moved instead of
+  hiding them. An optional boundary band (`soft_cells`, `boundary_band` metres) splits the
+  points that close to a boundary between both cells, which makes the pooling continuous in
+  the coordinates, at the price of no longer being FlashOcc's arithmetic.
 * precomputed (`forward_precomputed`): the ranks and intervals of the points inside the grid
   come in as inputs, computed outside the model by `flashocc.ranks.compute_ranks`, as in
   FlashOcc's TensorRT deployment.
@@ -44,6 +47,22 @@ def create_frustum(depth: tuple[float, float, float], input_size: tuple[int, int
     return torch.stack((u, v, d), dim=-1)
 
 
+def apply(matrices: Tensor, vectors: Tensor) -> Tensor:
+    """(..., 3, k) matrices applied to (..., k) vectors: (..., 3).
+
+    Written as broadcast products and a sum, not `@`: under OpenVINO's bf16 hint the CPU plugin
+    computes every MatMul in bf16 (8 bits of mantissa: ±0.1 m at 40 m), while elementwise
+    arithmetic between the model's outputs and the nearest MatMul or convolution stays f32
+    (the plugin keeps a graph's tail in its inference precision's f32; `point_cells` makes the
+    geometry such a tail)."""
+    return (matrices * vectors.unsqueeze(-2)).sum(-1)
+
+
+def compose(a: Tensor, b: Tensor) -> Tensor:
+    """(..., n, k) @ (..., k, m) as broadcast products and a sum (see `apply`)."""
+    return (a.unsqueeze(-1) * b.unsqueeze(-3)).sum(-2)
+
+
 def sensor_to_key_ego(sensor2ego: Tensor, ego2global: Tensor) -> Tensor:
     """(B, N, 4, 4) camera → ego frame of camera 0 (FlashOcc's `prepare_inputs`).
 
@@ -52,10 +71,10 @@ def sensor_to_key_ego(sensor2ego: Tensor, ego2global: Tensor) -> Tensor:
     global origin loses ~1e-4 m. The rigid-motion inverse (Rᵀ, −Rᵀt) with the translations
     subtracted first keeps float32 exact to the metre offsets between the poses."""
     key_rot_t = ego2global[:, :1, :3, :3].transpose(-1, -2)
-    rot = ego2global[..., :3, :3] @ sensor2ego[..., :3, :3]
-    shift = ego2global[..., :3, 3:] - ego2global[:, :1, :3, 3:]
-    trans = ego2global[..., :3, :3] @ sensor2ego[..., :3, 3:] + shift
-    top = torch.cat((key_rot_t @ rot, key_rot_t @ trans), dim=-1)
+    rot = compose(ego2global[..., :3, :3], sensor2ego[..., :3, :3])
+    shift = ego2global[..., :3, 3] - ego2global[:, :1, :3, 3]
+    trans = apply(ego2global[..., :3, :3], sensor2ego[..., :3, 3]) + shift
+    top = torch.cat((compose(key_rot_t, rot), apply(key_rot_t, trans).unsqueeze(-1)), dim=-1)
     bottom = torch.zeros_like(sensor2ego[..., 3:, :])
     bottom[..., 3] = 1.0
     return torch.cat((top, bottom), dim=-2)
@@ -69,13 +88,13 @@ def ego_points(frustum: Tensor, sensor2ego: Tensor, intrinsics: Tensor, post_rot
     intrinsics, move to the ego frame, then apply the BEV augmentation `bda`."""
     b, n = sensor2ego.shape[:2]
     points = frustum - post_trans.view(b, n, 1, 1, 1, 3)
-    points = torch.inverse(post_rots).view(b, n, 1, 1, 1, 3, 3) @ points.unsqueeze(-1)
+    points = apply(torch.inverse(post_rots).view(b, n, 1, 1, 1, 3, 3), points)
     # (u·d, v·d, d): homogeneous pixel coordinates scaled by depth.
-    points = torch.cat((points[..., :2, :] * points[..., 2:3, :], points[..., 2:3, :]), dim=-2)
-    combine = sensor2ego[..., :3, :3] @ torch.inverse(intrinsics)
-    points = (combine.view(b, n, 1, 1, 1, 3, 3) @ points).squeeze(-1)
+    points = torch.cat((points[..., :2] * points[..., 2:3], points[..., 2:3]), dim=-1)
+    combine = compose(sensor2ego[..., :3, :3], torch.inverse(intrinsics))
+    points = apply(combine.view(b, n, 1, 1, 1, 3, 3), points)
     points = points + sensor2ego[..., :3, 3].view(b, n, 1, 1, 1, 3)
-    return (bda.view(b, 1, 1, 1, 1, 3, 3) @ points.unsqueeze(-1)).squeeze(-1)
+    return apply(bda.view(b, 1, 1, 1, 1, 3, 3), points)
 
 
 def cell_coords(points: Tensor, grid: GridConfig) -> Tensor:
@@ -214,16 +233,38 @@ class LSSViewTransformer(nn.Module):
 
     def forward(self, x: Tensor, sensor2ego: Tensor, intrinsics: Tensor, post_rots: Tensor,
                 post_trans: Tensor, bda: Tensor) -> Tensor:
-        """In-graph ranks with static shapes (see the module docstring)."""
+        """In-graph ranks with static shapes (see the module docstring). Returns the BEV
+        features and `point_cells`: (B, N·D·fH·fW) int32, the cell (z·Dy + y)·Dx + x each
+        frustum point falls in by FlashOcc's hard assignment, -1 outside the grid."""
         depth, feat = self.lift(x)
         points = ego_points(self.frustum, sensor2ego, intrinsics, post_rots, post_trans, bda)
-        coords, weights = soft_cells(cell_coords(points, self.grid), self.grid,
-                                     self.boundary_band)
-        # The layout static_pooling_indices reads: K weighted copies of each depth, zero-padded.
+        cells = cell_coords(points, self.grid)
+        coords, weights = soft_cells(cells, self.grid, self.boundary_band)
+        bev = self.pool_static(depth, feat, weights, static_pooling_indices(coords, self.grid))
+        hard = cells.long()
+        cx, cy, cz = hard.unbind(-1)
+        dx, dy, _ = self.grid.size
+        point_cells = torch.where(in_grid(hard, self.grid), (cz * dy + cy) * dx + cx, -1)
+        return bev, point_cells.flatten(1).to(torch.int32)
+
+    def forward_padded(self, x: Tensor, ranks_depth: Tensor, ranks_feat: Tensor,
+                       ranks_bev: Tensor, interval_starts: Tensor,
+                       interval_lengths: Tensor) -> Tensor:
+        """Ranks given in the in-graph layout (`flashocc.ranks.compute_padded_ranks`): sizes
+        that depend on no camera, for devices that need static shapes."""
+        depth, feat = self.lift(x)
+        return self.pool_static(depth, feat, torch.ones_like(depth).unsqueeze(-1),
+                                (ranks_depth, ranks_feat, ranks_bev, interval_starts,
+                                 interval_lengths))
+
+    def pool_static(self, depth: Tensor, feat: Tensor, weights: Tensor,
+                    indices: tuple[Tensor, ...]) -> Tensor:
+        """`bev_pool_v2` on `static_pooling_indices`' layout: K weighted copies of each depth
+        (weights (B, N, D, fH, fW, K)), a zero column for the fillers, a spare row of cells
+        for the points outside the grid, cut off afterwards."""
         depth = F.pad((depth.unsqueeze(-1) * weights).flatten(-2), (0, 1))
         feat = F.pad(feat, (0, 0, 0, depth.shape[-1] - feat.shape[-2]))
-        ranks_depth, ranks_feat, ranks_bev, starts, lengths = static_pooling_indices(
-            coords, self.grid)
+        ranks_depth, ranks_feat, ranks_bev, starts, lengths = indices
         dx, dy, dz = self.grid.size
         bev = bev_pool_v2(depth, feat, ranks_depth, ranks_feat, ranks_bev,
                           (depth.shape[0], dz, dy + 1, dx, self.out_channels), starts, lengths)
