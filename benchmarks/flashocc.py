@@ -151,11 +151,12 @@ def compare(made: dict, inputs: dict) -> dict:
     for kind, values in inputs.items():
         feeds = to_numpy(values.tensors())
         outputs = {label: runner.run(feeds) for label, runner in made.items()}
-        for label, (labels, logits) in outputs.items():
+        # (labels, logits) and, with ranks in the graph, the cell of every frustum point
+        for label, (labels, logits, *cells) in outputs.items():
             if label == "eager":
                 continue
             reference = "eager" if label in ("onnxruntime", "OpenVINO f32") else "OpenVINO f32"
-            ref_labels, ref_logits = outputs[reference]
+            ref_labels, ref_logits, *ref_cells = outputs[reference]
             flipped = labels != ref_labels
             top2 = np.sort(ref_logits, axis=-1)[..., -2:]
             margin = top2[..., 1] - top2[..., 0]
@@ -167,6 +168,8 @@ def compare(made: dict, inputs: dict) -> dict:
                 "flipped_max_margin": float(margin[flipped].max()) if flipped.any() else 0.0,
                 "median_margin": float(np.median(margin)),
             }
+            if cells and ref_cells:  # eager's runner here returns labels and logits
+                results[label][kind]["points_moved"] = int((cells[0] != ref_cells[0]).sum())
     return results
 
 

@@ -72,3 +72,25 @@ def test_legacy_tensorrt_entry_point_converts_with_constant_reads_as_warnings(cl
                          for h in reads)
     assert _line("shape = (1, int(vt.grid_size[2].item())") in {h["line"] for h in reads}
     assert not [h for h in report["hazards"] if h["category"] == "graph_break"]
+
+
+def test_precision_auto_on_tiny_chooses_by_the_validation_mIoU(cli, tmp_path):
+    """bf16, f16 and int8 (NNCF's accuracy control, the script's mIoU as its metric) are each
+    made, timed and scored; the choice is within the budget of eager f32 or f32 itself."""
+    code, _, _ = cli("--out", tmp_path, "--precision", "auto", "--to", "openvino", SCRIPT,
+                     "--config", "tiny", "--ranks", "precomputed")
+    report = read_report(tmp_path)
+    assert code == 0, report["stages"]
+    precision = report["precision"]
+    candidates = {c["precision"]: c for c in precision["candidates"]}
+    assert set(candidates) == {"bf16", "f16", "int8"}
+    assert all("value" in c and "label_agreement" in c for c in candidates.values())
+    assert "NNCF's accuracy control" in candidates["int8"]["note"]
+    budget = 1.0
+    if precision["precision"] == "f32":
+        assert all(c["delta"] < -budget for c in candidates.values())
+    else:
+        assert candidates[precision["precision"]]["delta"] >= -budget
+    assert precision["chosen_because"]
+    rows = {(r["runtime"], r["precision"]) for r in report["accuracy"]["rows"]}
+    assert {("openvino", name) for name in candidates} <= rows
