@@ -110,3 +110,17 @@ def flatten_outputs(outputs: Any) -> list[tuple[str, Any]]:
     """Name every leaf of a (nested) model output: `0`, `logits`, `occ.1`, or `output`."""
     leaves, _ = pytree.tree_flatten_with_path(outputs)
     return [(key_path_name(path), leaf) for path, leaf in leaves]
+
+
+def program_output_names(program: Any) -> list[str] | None:
+    """The names `flatten_outputs` gives eager's outputs, for the outputs of an
+    ExportedProgram, in order: what the converted models call their outputs (the report's
+    verification table uses the same names). None when an output is not a tensor (a
+    converted model has no output for it, so names and outputs would not pair)."""
+    signature = program.graph_signature
+    values = {node.name: node.meta.get("val") for node in program.graph.nodes}
+    if not all(isinstance(values.get(name), torch.Tensor) for name in signature.user_outputs):
+        return None
+    spec = program.call_spec.out_spec
+    return [name for name, _ in
+            flatten_outputs(pytree.tree_unflatten(list(range(spec.num_leaves)), spec))]

@@ -77,3 +77,36 @@ def test_onnx_then_openvino_on_a_program_with_unbacked_symbols(tmp_path):
     np.testing.assert_allclose(compiled([x.numpy()])[0], (x * int((x > 0).sum())).numpy(),
                                rtol=1e-5)
 
+
+
+class _Outputs(torch.nn.Module):
+    def forward(self, x):
+        return {"boxes": x * 2, "extra": (x.sum(-1), x.argmax(-1))}
+
+
+class _Clash(torch.nn.Module):
+    def forward(self, x):
+        return {"x": x + 1}
+
+
+def _output_names(program, tmp_path):
+    onnx_path = dynexport.to_onnx(program, tmp_path / "model.onnx")
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    return ([o.name for o in session.get_outputs()],
+            [o.get_any_name() for o in dynexport.to_openvino(program).outputs])
+
+
+def test_converted_outputs_carry_the_programs_names(tmp_path):
+    """What the report's verification table calls them, not the graph's node names."""
+    program = dynexport.export(_Outputs(), (torch.randn(2, 3),))
+    onnx_names, openvino_names = _output_names(program, tmp_path)
+    assert onnx_names == openvino_names == ["boxes", "extra.0", "extra.1"]
+    single = dynexport.export(torch.nn.ReLU(), (torch.randn(2, 3),))
+    assert _output_names(single, tmp_path / "single") == (["output"], ["output"])
+
+
+def test_an_output_named_like_an_input_keeps_the_converters_name(tmp_path):
+    program = dynexport.export(_Clash(), (torch.randn(2, 3),))
+    onnx_names, openvino_names = _output_names(program, tmp_path)
+    assert "x" not in onnx_names and "x" not in openvino_names
+    assert len(onnx_names) == len(openvino_names) == 1

@@ -13,6 +13,7 @@ from torch.export import ExportedProgram
 from dynexport import progress
 from dynexport.adapters.torch_export import isolated_shape_env
 from dynexport.custom_ops.registry import OpRegistry, resolve
+from dynexport.inputs import program_output_names
 from dynexport.quiet import quiet_torch
 
 
@@ -22,11 +23,12 @@ def to_onnx(program: ExportedProgram, path: str | os.PathLike,
     Custom ops use the ONNX translations of `registry` (None: the default registry)."""
     table = resolve(registry).onnx_translation_table()
     path = Path(path)
+    names = _output_names(program)
     path.parent.mkdir(parents=True, exist_ok=True)
     with isolated_shape_env(program), quiet_torch():
         onnx_program = torch.onnx.export(
             program, (), dynamo=True, verbose=False,
-            custom_translation_table=table,
+            custom_translation_table=table, output_names=names,
             # Weights stay inside model.onnx unless the model is too large for one protobuf.
             external_data=False,
         )
@@ -34,6 +36,16 @@ def to_onnx(program: ExportedProgram, path: str | os.PathLike,
     onnx_program.save(path, external_data=_too_large_for_protobuf(onnx_program))
     onnx.checker.check_model(str(path), full_check=True)
     return path
+
+
+def _output_names(program: ExportedProgram) -> list[str] | None:
+    """The program's output names (`occupancy`, `logits`, `0`), unless one would clash with
+    an input's name or they cannot pair with the outputs; None keeps torch.onnx's names."""
+    names = program_output_names(program)
+    inputs = set(program.graph_signature.user_inputs)
+    if names is None or len(set(names)) != len(names) or inputs & set(names):
+        return None
+    return names
 
 
 def _too_large_for_protobuf(onnx_program) -> bool:

@@ -13,6 +13,7 @@ from torch.export.graph_signature import InputKind
 
 from dynexport.adapters.torch_export import isolated_shape_env
 from dynexport.custom_ops.registry import OpRegistry, resolve
+from dynexport.inputs import program_output_names
 from dynexport.quiet import quiet_torch
 
 
@@ -25,7 +26,22 @@ def to_openvino(program: ExportedProgram, registry: OpRegistry | None = None) ->
         # before their ConversionExtensions are consulted (see dynexport/custom_ops/README.md).
         model = ov.convert_model(registry.openvino_decoder_input(program),
                                  extension=registry.openvino_extensions() or None)
-    return _tensor_inputs_only(model, program)
+    return _named_outputs(_tensor_inputs_only(model, program), program)
+
+
+def _named_outputs(model: ov.Model, program: ExportedProgram) -> ov.Model:
+    """Outputs named as the program's (`occupancy`, `logits`: the report's names and the
+    ONNX model's) instead of the frontend's node names (`_to_copy_5:0`)."""
+    names = program_output_names(program)
+    if names is None or len(names) != len(model.outputs) or len(set(names)) != len(names):
+        return model
+    taken = {name for parameter in model.get_parameters()
+             for name in parameter.output(0).get_names()}
+    if taken & set(names):
+        return model
+    for output, name in zip(model.outputs, names, strict=True):
+        output.get_tensor().set_names({name})
+    return model
 
 
 def _tensor_inputs_only(model: ov.Model, program: ExportedProgram) -> ov.Model:
