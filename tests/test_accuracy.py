@@ -137,10 +137,15 @@ def test_without_a_metric_there_is_no_accuracy_stage(cli, write_script, tmp_path
 
 
 def test_precision_auto_picks_the_fastest_within_budget(cli, write_script, tmp_path):
-    out = tmp_path / "out"
+    out, calls = tmp_path / "out", tmp_path / "validation_calls"
+    counted = CLASSIFIER.format(metric=ACCURACY).replace(
+        "def get_validation_data():\n",
+        f"def get_validation_data():\n    open({str(calls)!r}, 'a').write('x')\n")
     code, stdout, _ = cli("--out", out, "--precision", "auto", "--accuracy-budget", "5",
-                          "--to", "openvino", write_script(CLASSIFIER.format(metric=ACCURACY)))
+                          "--to", "openvino", write_script(counted))
     assert code == 0, stdout
+    # made once, though int8's accuracy control, each candidate and the accuracy stage read it
+    assert calls.read_text() == "x"
     report = read_report(out)
     precision = report["precision"]
     tried = {c["precision"]: c for c in precision["candidates"]}
