@@ -116,11 +116,15 @@ def program_output_names(program: Any) -> list[str] | None:
     """The names `flatten_outputs` gives eager's outputs, for the outputs of an
     ExportedProgram, in order: what the converted models call their outputs (the report's
     verification table uses the same names). None when an output is not a tensor (a
-    converted model has no output for it, so names and outputs would not pair)."""
+    converted model has no output for it, so names and outputs would not pair), or when two
+    names are equal or one is an input's name."""
     signature = program.graph_signature
     values = {node.name: node.meta.get("val") for node in program.graph.nodes}
     if not all(isinstance(values.get(name), torch.Tensor) for name in signature.user_outputs):
         return None
     spec = program.call_spec.out_spec
-    return [name for name, _ in
-            flatten_outputs(pytree.tree_unflatten(list(range(spec.num_leaves)), spec))]
+    names = [name for name, _ in
+             flatten_outputs(pytree.tree_unflatten(list(range(spec.num_leaves)), spec))]
+    if len(set(names)) != len(names) or set(names) & set(signature.user_inputs):
+        return None
+    return names

@@ -83,10 +83,8 @@ class Comparison:
         max_rel = max_abs / scale if scale > 0 else max_abs
         if integer:
             outside = int(np.count_nonzero(diff))
-            agreement = 1.0 - outside / diff.size
-            share = MIN_INTEGER_AGREEMENT if tolerance.share is None else tolerance.share
-            return cls(max_abs, max_rel, _meets(agreement, share), agreement, outside=outside,
-                       elements=diff.size)
+            return cls._by_labels(max_abs, max_rel, 1.0 - outside / diff.size, tolerance,
+                                  outside, diff.size)
         rtol, atol = _FLOAT_TOLERANCE.get(reference.dtype,
                                           _FLOAT_TOLERANCE[np.dtype(np.float16)])
         rtol = rtol if tolerance.rtol is None else tolerance.rtol
@@ -96,12 +94,19 @@ class Comparison:
         outside = int(np.count_nonzero(diff > magnitude))
         if tolerance.argmax and ref.ndim >= 1 and ref.shape[-1] > 1:
             agreement = float((ref.argmax(-1) == act.argmax(-1)).mean())
-            share = MIN_INTEGER_AGREEMENT if tolerance.share is None else tolerance.share
-            return cls(max_abs, max_rel, _meets(agreement, share), agreement, outside=outside,
-                       elements=diff.size)
+            return cls._by_labels(max_abs, max_rel, agreement, tolerance, outside, diff.size)
         share = 1.0 if tolerance.share is None else tolerance.share
         return cls(max_abs, max_rel, _meets(1.0 - outside / diff.size, share),
                    outside=outside, elements=diff.size)
+
+    @classmethod
+    def _by_labels(cls, max_abs: float, max_rel: float, agreement: float, tolerance: Tolerance,
+                   outside: int, elements: int) -> Comparison:
+        """Judged by the share of labels equal to eager's: at least the tolerance's share,
+        by default MIN_INTEGER_AGREEMENT (labels may flip on near-ties)."""
+        share = MIN_INTEGER_AGREEMENT if tolerance.share is None else tolerance.share
+        return cls(max_abs, max_rel, _meets(agreement, share), agreement, outside=outside,
+                   elements=elements)
 
 
 def compare(reference: Any, actual: Any, tolerance: Tolerance = DEFAULT_TOLERANCE) -> Comparison:

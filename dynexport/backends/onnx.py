@@ -23,7 +23,7 @@ def to_onnx(program: ExportedProgram, path: str | os.PathLike,
     Custom ops use the ONNX translations of `registry` (None: the default registry)."""
     table = resolve(registry).onnx_translation_table()
     path = Path(path)
-    names = _output_names(program)
+    names = program_output_names(program)  # None keeps torch.onnx's names
     path.parent.mkdir(parents=True, exist_ok=True)
     with isolated_shape_env(program), quiet_torch():
         onnx_program = torch.onnx.export(
@@ -36,16 +36,6 @@ def to_onnx(program: ExportedProgram, path: str | os.PathLike,
     onnx_program.save(path, external_data=_too_large_for_protobuf(onnx_program))
     onnx.checker.check_model(str(path), full_check=True)
     return path
-
-
-def _output_names(program: ExportedProgram) -> list[str] | None:
-    """The program's output names (`occupancy`, `logits`, `0`), unless one would clash with
-    an input's name or they cannot pair with the outputs; None keeps torch.onnx's names."""
-    names = program_output_names(program)
-    inputs = set(program.graph_signature.user_inputs)
-    if names is None or len(set(names)) != len(names) or inputs & set(names):
-        return None
-    return names
 
 
 def _too_large_for_protobuf(onnx_program) -> bool:

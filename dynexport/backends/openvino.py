@@ -33,8 +33,9 @@ def _named_outputs(model: ov.Model, program: ExportedProgram) -> ov.Model:
     """Outputs named as the program's (`occupancy`, `logits`: the report's names and the
     ONNX model's) instead of the frontend's node names (`_to_copy_5:0`)."""
     names = program_output_names(program)
-    if names is None or len(names) != len(model.outputs) or len(set(names)) != len(names):
+    if names is None or len(names) != len(model.outputs):
         return model
+    # The Parameters keep the frontend's names where _tensor_inputs_only could not pair them.
     taken = {name for parameter in model.get_parameters()
              for name in parameter.output(0).get_names()}
     if taken & set(names):

@@ -37,16 +37,25 @@ class Ranks(NamedTuple):
     interval_lengths: Tensor
 
 
+def _cell_indices(config: FlashOccConfig, sensor2ego: Tensor, ego2global: Tensor,
+                  intrinsics: Tensor, post_rots: Tensor, post_trans: Tensor,
+                  bda: Tensor) -> Tensor:
+    """(B, N, D, fH, fW, 3) cell of every frustum point, with the model's own float32
+    geometry and FlashOcc's hard assignment."""
+    frustum = create_frustum(config.grid.depth, config.input_size, config.downsample)
+    points = ego_points(frustum, sensor_to_key_ego(sensor2ego, ego2global), intrinsics,
+                        post_rots, post_trans, bda)
+    return voxel_coords(points, config.grid)
+
+
 @torch.no_grad()
 def compute_ranks(config: FlashOccConfig, sensor2ego: Tensor, ego2global: Tensor,
                   intrinsics: Tensor, post_rots: Tensor, post_trans: Tensor,
                   bda: Tensor) -> Ranks:
     """Ranks for a batch of camera rigs, with the model's own float32 geometry, so that
     `forward_precomputed` computes what `forward` computes in the graph."""
-    frustum = create_frustum(config.grid.depth, config.input_size, config.downsample)
-    points = ego_points(frustum, sensor_to_key_ego(sensor2ego, ego2global), intrinsics,
-                        post_rots, post_trans, bda)
-    coords = voxel_coords(points, config.grid)
+    coords = _cell_indices(config, sensor2ego, ego2global, intrinsics, post_rots,
+                           post_trans, bda)
     b, n, d, fh, fw, _ = coords.shape
     kept = in_grid(coords, config.grid).flatten()
     ranks_bev = cell_rank(coords, config.grid.size[1], config.grid).flatten()
@@ -63,10 +72,8 @@ def compute_padded_ranks(config: FlashOccConfig, sensor2ego: Tensor, ego2global:
     cell (M = num_points + cells), one interval per cell (P = cells), the points outside the
     grid in a spare row of cells. No size depends on the cameras: the form for devices that
     need static shapes (an NPU), read by `forward_padded`."""
-    frustum = create_frustum(config.grid.depth, config.input_size, config.downsample)
-    points = ego_points(frustum, sensor_to_key_ego(sensor2ego, ego2global), intrinsics,
-                        post_rots, post_trans, bda)
-    coords = voxel_coords(points, config.grid).unsqueeze(-2)  # K = 1 cell per point
+    coords = _cell_indices(config, sensor2ego, ego2global, intrinsics, post_rots,
+                           post_trans, bda).unsqueeze(-2)  # K = 1 cell per point
     return Ranks(*(t.to(torch.int32) for t in static_pooling_indices(coords, config.grid)))
 
 
