@@ -5,6 +5,7 @@ redirected output gets the finished stages, without control characters."""
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from dynexport import progress
@@ -51,12 +52,14 @@ class StageProgress:
         task = self.tasks.get(record.name)
         if task is None:
             task = self.progress.add_task("", total=1)
-        note = f" [dim]{record.error}[/]" if record.status == "skipped" and record.error else ""
+        note = (f" [dim]{escape(record.error)}[/]" if record.status == "skipped" and record.error
+                else "")
         self.progress.update(task, completed=1,
                              description=f"{_MARKS[record.status]} {record.name}{note}")
         if record.status == "failed" and record.error:
             first = record.error.splitlines()[0]
-            self.progress.console.print(f"   [red]{record.name} failed:[/] {first}",
+            # escaped: an error may hold brackets, e.g. `pip install -e ".[precision]"`
+            self.progress.console.print(f"   [red]{record.name} failed:[/] {escape(first)}",
                                         markup=True, highlight=False)
         if self.debug and error is not None:
             self.progress.console.print(format_traceback(error), markup=False, highlight=False)

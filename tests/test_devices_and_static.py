@@ -98,3 +98,15 @@ def test_steps_of_an_isolated_child_reach_the_parents_listener():
     with progress.listening(lambda name, stage: heard.append(name)):
         assert run_isolated(child_work, "a step") == 7
     assert heard == ["compiling model.xml", "openvino on the example input"]
+
+
+def test_stage_errors_keep_their_brackets_on_the_console():
+    """An install hint such as `-e ".[precision]"` is text, not rich markup."""
+    from dynexport.stage import StageRecord
+
+    out = io.StringIO()
+    with StageProgress(Console(file=out, width=200)) as display:
+        display.finished(StageRecord("precision", "failed", error='needs NNCF: pip install '
+                                     '-c constraints.txt -e ".[precision]"'), None)
+        display.finished(StageRecord("serving", "skipped", error="[x] skipped"), None)
+    assert '-e ".[precision]"' in out.getvalue() and "[x] skipped" in out.getvalue()
