@@ -153,6 +153,52 @@ def test_decompose_is_a_no_op_without_table_ops():
     assert decompose(ep) is ep
 
 
+def test_decompose_splices_without_retracing(monkeypatch, tmp_path):
+    """The table's nodes are replaced one by one (a re-trace costs seconds on big models); the
+    captured program is left as it was and the result saves and loads."""
+    ep = torch.export.export(Linalg(), (torch.randn(2, 4, 4), torch.randn(12, 12)))
+    captured_ops = program_ops(ep)
+
+    def no_retrace(*_args, **_kwargs):
+        raise AssertionError("decompose re-traced the program")
+
+    monkeypatch.setattr(torch.export.ExportedProgram, "run_decompositions", no_retrace)
+    out = decompose(ep)
+    assert program_ops(ep) == captured_ops
+    assert torch.ops.aten.linalg_det.default not in program_ops(out)
+    torch.export.save(out, tmp_path / "decomposed.pt2")
+    loaded = torch.export.load(tmp_path / "decomposed.pt2")
+    args = (torch.randn(2, 4, 4), torch.randn(12, 12))
+    for got, want in zip(loaded.module()(*args), Linalg()(*args), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4)
+
+
+class InverseInBranch(torch.nn.Module):
+    def forward(self, a, flag):
+        return torch.cond(flag.sum() > 0, lambda m: torch.inverse(m).contiguous(),
+                          lambda m: m.clone(), (a,))
+
+
+def test_decompose_reaches_control_flow_branches():
+    a = torch.from_numpy(matrices(3, (10.0,), np.float64, per_cond=4))
+    ep = torch.export.export(InverseInBranch(), (a, torch.ones(1)))
+    assert torch.ops.aten.inverse.default in program_ops(ep)  # inside the true branch
+    out = decompose(ep)
+    assert not {op for op in program_ops(out) if isinstance(op, torch._ops.OpOverload)
+                and op.name().split("::")[1] in LINALG_OPS}
+    assert_inverse_close(out.module()(a, torch.ones(1)).numpy(), a.numpy(), EPS[np.float64])
+    torch.testing.assert_close(out.module()(a, -torch.ones(1)), a)
+
+
+def test_splice_refuses_a_decomposition_that_makes_constants():
+    from dynexport.decompositions.splice import SpliceUnsupported, splice_decompositions
+
+    ep = torch.export.export(torch.nn.ReLU(), (torch.randn(3),))
+    table = {torch.ops.aten.relu.default: lambda x: x * torch.tensor([2.0, 3.0, 4.0])}
+    with pytest.raises(SpliceUnsupported, match="constant"):
+        splice_decompositions(ep, table)
+
+
 def test_table_spares_dynexport_custom_ops():
     assert all(op.namespace == "aten" for op in decomposition_table())
 

@@ -27,6 +27,7 @@ __all__ = [
     "has_kernel_for",
     "is_higher_order",
     "isolated_shape_env",
+    "copied_from",
     "origin",
     "overload_name",
 ]
@@ -155,6 +156,14 @@ def origin(node: torch.fx.Node, index: dict[int, dict[str, torch.fx.Node]]
             return found
         pending.extend(source.from_node)
     return None
+
+
+def copied_from(node: torch.fx.Node) -> Any:
+    """The `meta["from_node"]` entry saying a node was made from `node` (what `origin` follows;
+    `torch.fx.traceback.NodeSource`, not backward compatible)."""
+    from torch.fx.traceback import NodeSource, NodeSourceAction
+
+    return NodeSource(node, "dynexport.decompose", NodeSourceAction.CREATE)
 
 
 def is_higher_order(target: object, name: str | None = None) -> bool:

@@ -1,10 +1,10 @@
 """Decompositions dynexport.export applies so that ops the backends lack convert.
 
-`decompose(ep)` is the pipeline's "decompose" step. It runs
-`ep.run_decompositions(decomposition_table())`; in torch >= 2.5 a non-empty custom table
-decomposes exactly the ops it names and keeps every other op as captured, including the
-CompositeImplicitAutograd ops torch.export preserves and custom ops (dynexport::*), so the
-program stays as general as the capture made it. Each module here holds one concern.
+`decompose(ep)` is the pipeline's "decompose" step. It replaces exactly the nodes of the ops
+`decomposition_table()` names (splice.py: each traced on its own, no re-trace of the program)
+and keeps every other op as captured, including the CompositeImplicitAutograd ops torch.export
+preserves and custom ops (dynexport::*), so the program stays as general as the capture made
+it. Each other module here holds one op family's decompositions.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from torch.export import ExportedProgram
 
 from dynexport.adapters.torch_export import OpOverload
 from dynexport.decompositions import grid_sample, inverse, scatter
+from dynexport.decompositions.splice import SpliceUnsupported, splice_decompositions
 
 __all__ = ["decompose", "decomposition_table", "program_ops"]
 
@@ -49,5 +50,9 @@ def decompose(ep: ExportedProgram) -> ExportedProgram:
     """
     table = decomposition_table()
     if not program_ops(ep) & table.keys():
-        return ep  # retracing costs seconds on big models and would change nothing
-    return ep.run_decompositions(table)
+        return ep
+    try:
+        return splice_decompositions(ep, table)
+    except SpliceUnsupported:
+        # torch's own way, which lifts what a decomposition creates: a re-trace of every node
+        return ep.run_decompositions(table)
