@@ -42,7 +42,9 @@ def _parser() -> argparse.ArgumentParser:
                         "(default dynexport_out/<script stem>/)")
     parser.add_argument("--to", default=",".join(BACKENDS),
                         help="comma-separated targets among onnx,openvino (default both)")
-    parser.add_argument("--no-verify", action="store_true", help="skip verification")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="skip verification (and eager PyTorch's run on the probe, which "
+                        "only verification compares with)")
     parser.add_argument("--bench", action="store_true", help="also time eager and each runtime")
     parser.add_argument("--device", default="CPU", help="OpenVINO device to verify on (default "
                         "CPU; AUTO picks one); an absent device exits 2 after writing the IR")

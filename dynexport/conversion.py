@@ -8,7 +8,6 @@ a conversion that succeeds needs no second pass)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from dynexport.isolation import start_isolated
 from dynexport.names import Backend, RuntimeName
 from dynexport.quiet import quiet_torch
 from dynexport.script import Script
-from dynexport.stage import Run, Stage, StageFailed
+from dynexport.stage import Run, Stage, StageFailed, Started
 
 
 @dataclass
@@ -121,14 +120,14 @@ def convert(program: ExportedProgram, backend: Backend, out_dir: Path,
 
 
 def _conversion_stage(backend: Backend) -> Stage:
-    def start_stage(run: Run) -> Callable[[], Converted]:
+    def start_stage(run: Run) -> Started:
         program = run.result("decompose", Decomposed).program
         static = [tuple(t.shape) for t in run.result("load", Script).example.tensors()] \
             if run.options.static else None
         return start_isolated(lambda: convert(program, backend, run.options.out_dir, static),
-                              f"the {backend} conversion", run.options.isolate, backend).result
+                              f"the {backend} conversion", run.options.isolate, backend)
 
-    return Stage(backend, lambda run: start_stage(run)(), needs=("decompose",),
+    return Stage(backend, lambda run: start_stage(run).result(), needs=("decompose",),
                  requested=lambda run: None if backend in run.options.targets else "",
                  start=start_stage)
 

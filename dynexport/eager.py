@@ -3,12 +3,17 @@
 Its outputs are the reference every runtime is verified against, and what the watch saw (every
 tensor turned into a Python value, at the user's line) is evidence for the hazard step. Running
 eager once per input here is what lets verification skip its own eager runs (a FlashOcc M0
-frame is seconds of CPU)."""
+frame is seconds of CPU).
+
+It runs in this process, with torch's threads: a forked child could use one thread only (GNU
+OpenMP hangs in a child once the parent has used it), and eager on one thread rounds
+differently enough to flip a detector's NMS near-ties (examples/zoo/detector_nms.py: boxes 17
+pixels apart), which verification against multi-threaded runtimes then reports."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -75,8 +80,12 @@ def _run_inputs(run: Run) -> dict[InputKind, Inputs]:
 
 
 def _run(run: Run) -> EagerRun:
+    """Eager on both inputs; with --no-verify on the example alone, since only verification
+    compares with eager's outputs on the probe (a FlashOcc M0 frame is 4-8 s of CPU)."""
     script = run.result("load", Script)
-    return run_eager(script.model, _run_inputs(run), script.method)
+    inputs = _run_inputs(run)
+    run_on = inputs if run.options.verify else {"example": inputs["example"]}
+    return replace(run_eager(script.model, run_on, script.method), inputs=inputs)
 
 
 EAGER_STAGE = Stage("eager", _run, needs=("load",))

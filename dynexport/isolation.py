@@ -19,6 +19,7 @@ import pickle
 import signal
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Callable
 from typing import Generic, TypeVar
@@ -77,6 +78,7 @@ class Pending(Generic[T]):
 
     def __init__(self, step: Callable[[], T], what: str, stage: str | None):
         self.what = what
+        self.seconds: float | None = None  # the step's own time, measured in the child
         read_end, write_end = os.pipe()
         steps_read, steps_write = os.pipe()
         with warnings.catch_warnings():  # Python 3.12+ warns about forking a threaded process
@@ -101,7 +103,7 @@ class Pending(Generic[T]):
         code = os.waitstatus_to_exitcode(status)
         if not payload:
             raise NativeCrash(self.what, code if code != 0 else 1)
-        kind, value = pickle.loads(payload)
+        kind, value, self.seconds = pickle.loads(payload)
         if kind == "error":
             raise value
         return value
@@ -111,10 +113,12 @@ class _Done(Generic[T]):
     """The in-process stand-in of Pending: the step already ran."""
 
     def __init__(self, step: Callable[[], T]):
+        start = time.perf_counter()
         try:
             self.value, self.error = step(), None
         except Exception as exc:
             self.value, self.error = None, exc
+        self.seconds = time.perf_counter() - start
 
     def result(self) -> T:
         if self.error is not None:
@@ -151,14 +155,16 @@ def _child(step: Callable[[], object], write_end: int, steps_write: int) -> None
         steps = os.fdopen(steps_write, "w", encoding="utf-8", buffering=1)
         progress.replace_listeners(
             lambda name, stage=None: steps.write(name.replace("\n", " ") + "\n"))
+        start = time.perf_counter()
         try:
             answer = ("ok", step())
         except BaseException as exc:  # noqa: BLE001 - every exception goes back to the parent
             answer = ("error", _sendable(exc))
+        seconds = time.perf_counter() - start
         try:
-            payload = pickle.dumps(answer)
+            payload = pickle.dumps((*answer, seconds))
         except Exception as exc:  # an unpicklable result is a dynexport bug; say so
-            payload = pickle.dumps(("error", _sendable(exc)))
+            payload = pickle.dumps(("error", _sendable(exc), seconds))
         with os.fdopen(write_end, "wb") as pipe:
             pipe.write(payload)
     except BaseException:  # noqa: BLE001 - the child must never unwind into the caller

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -36,7 +35,7 @@ from dynexport.quiet import quiet_torch
 from dynexport.report import Report
 from dynexport.script import Script, ScriptError, ScriptLoader, load_script, load_stage
 from dynexport.serving import SERVING_STAGE, Served
-from dynexport.stage import Options, Run, Stage, StageFailed, StageRecord
+from dynexport.stage import Options, Run, Stage, StageFailed, StageRecord, Started
 from dynexport.verify import VERIFY_STAGE
 
 __all__ = ["Options", "StageObserver", "run", "script_coverage", "stages"]
@@ -78,69 +77,70 @@ def run(script_path: str | os.PathLike, script_args: list[str], options: Options
 
 def execute(state: Run, plan: list[Stage], observer: StageObserver | None = None,
             debug: bool = False) -> Run:
-    """Run `plan`'s stages on `state` in order. A ScriptError (the script is unusable, exit
-    status 2), from whichever stage calls the script's functions, ends the run."""
-    waiting: list[Callable[[], None]] = []  # stages started side by side, in plan order
+    """Run `plan`'s stages on `state` in order. A stage with `start` runs on while the next
+    ones start; the run waits for it when a stage reads its result (`Run.settle`), and at the
+    end. A ScriptError (the script is unusable, exit status 2), from whichever stage calls the
+    script's functions, ends the run."""
     for stage in plan:
-        if stage.start is None or _missing_needs(state, stage):
-            for finish in waiting:
-                finish()
-            waiting = []
-        finish = _launch(state, stage, observer, debug)
-        if finish is not None and stage.start is not None:
-            waiting.append(finish)
-        elif finish is not None:
-            finish()
-        if isinstance(state.errors.get(stage.name), ScriptError):
-            raise state.errors[stage.name]
-    for finish in waiting:
-        finish()
+        _launch(state, stage, observer, debug)
+        _raise_script_error(state)
+    state.settle_all()
+    _raise_script_error(state)
+    order = {stage.name: index for index, stage in enumerate(plan)}
+    state.records.sort(key=lambda record: order.get(record.name, -1))
     return state
 
 
-def _launch(state: Run, stage: Stage, observer: StageObserver | None,
-            debug: bool) -> Callable[[], None] | None:
-    """Start `stage` (or record why it is skipped); the returned function waits for it and
-    records how it went."""
+def _raise_script_error(state: Run) -> None:
+    error = next((e for e in state.errors.values() if isinstance(e, ScriptError)), None)
+    if error is not None:
+        state.settle_all()  # the stages still running keep their artifacts and records
+        raise error
+
+
+def _launch(state: Run, stage: Stage, observer: StageObserver | None, debug: bool) -> None:
+    """Run `stage`, or start it (`stage.start`) and leave its recording to `Run.settle`, or
+    record why it is skipped."""
     why_not = stage.requested(state)
     if why_not == "":
-        return None  # not part of this run
+        return  # not part of this run
     why_not = why_not or _missing_needs(state, stage)
     if why_not:
         _record(state, observer, StageRecord(stage.name, "skipped", error=why_not), None)
-        return None
+        return
     if observer:
         observer.started(stage.name)
     start = time.perf_counter()
+    started: Started | None = None
     try:
-        wait = stage.start(state) if stage.start else _ready(stage.run(state))
+        if stage.start is not None:
+            started = stage.start(state)
+        else:
+            state.results[stage.name] = stage.run(state)
+        error = None
     except Exception as exc:  # a failed stage is recorded; later stages still run
-        wait = _raiser(exc)
+        error = exc
 
     def finish() -> None:
+        nonlocal error
+        if started is not None and error is None:
+            try:
+                state.results[stage.name] = started.result()
+            except Exception as exc:  # a failed stage is recorded; later stages still run
+                error = exc
         record = StageRecord(stage.name, "ok")
-        error: BaseException | None = None
-        try:
-            state.results[stage.name] = result = wait()
-            record.artifact = getattr(result, "artifact", None)
-        except Exception as exc:  # a failed stage is recorded; later stages still run
-            error = state.errors[stage.name] = exc
-            record.status, record.error = "failed", _error_text(exc, state, stage.name, debug)
-        record.seconds = round(time.perf_counter() - start, 3)
+        if error is not None:
+            state.errors[stage.name] = error
+            record.status, record.error = "failed", _error_text(error, state, stage.name, debug)
+        record.artifact = getattr(state.results.get(stage.name), "artifact", None)
+        own = started.seconds if started is not None else None
+        record.seconds = round(own if own is not None else time.perf_counter() - start, 3)
         _record(state, observer, record, error)
 
-    return finish
-
-
-def _ready(value: object) -> Callable[[], object]:
-    return lambda: value
-
-
-def _raiser(exc: Exception) -> Callable[[], None]:
-    def wait() -> None:
-        raise exc
-
-    return wait
+    if started is not None and error is None:
+        state.pending[stage.name] = finish
+    else:
+        finish()
 
 
 def _record(state: Run, observer: StageObserver | None, record: StageRecord,

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from dynexport.names import BACKENDS, StageName, StageStatus
 
@@ -45,6 +45,14 @@ class StageFailed(RuntimeError):
         return StageFailed, (str(self), self.evidence)
 
 
+class Started(Protocol):
+    """Work a stage started that runs on (in a child process) while later stages start."""
+
+    seconds: float | None  # how long the work itself took, once it is done
+
+    def result(self) -> Any: ...
+
+
 @dataclass(frozen=True)
 class Stage:
     """One step of the pipeline.
@@ -53,16 +61,16 @@ class Stage:
     `requested`: None when the run asks for this stage (its options, its script), else why it
     is skipped (e.g. "--no-verify"); "" leaves the stage out of the run altogether.
     `run` returns the stage's result (kept by the run under the stage's name) or raises.
-    `start`, where given, starts the same work and returns at once a function that waits for
-    the result: the pipeline starts such stages side by side (the two conversions, in child
-    processes, use both cores) and waits for them before the next stage that is not."""
+    `start`, where given, starts the same work and returns at once (a Started): the later stages
+    start meanwhile (eager runs beside capture; the two conversions side by side, in child
+    processes, use both cores), and the run waits for the result when a stage reads it."""
 
     name: StageName
     run: Callable[[Run], Any]
     needs: tuple[StageName, ...] = ()
     needs_any: tuple[StageName, ...] = ()
     requested: Callable[[Run], str | None] = lambda run: None
-    start: Callable[[Run], Callable[[], Any]] | None = None
+    start: Callable[[Run], Started] | None = None
 
 
 @dataclass
@@ -94,18 +102,33 @@ class Run:
     results: dict[str, Any] = field(default_factory=dict)
     errors: dict[str, BaseException] = field(default_factory=dict)
     records: list[StageRecord] = field(default_factory=list)
+    # stages started that run on, each with the function that waits for it and records it
+    pending: dict[str, Callable[[], None]] = field(default_factory=dict)
+
+    def settle(self, name: StageName) -> None:
+        """Wait for stage `name` if it is still running, and record how it went."""
+        finish = self.pending.pop(name, None)
+        if finish is not None:
+            finish()
+
+    def settle_all(self) -> None:
+        while self.pending:
+            self.settle(next(iter(self.pending)))
 
     def result(self, name: StageName, kind: type[T]) -> T | None:
         """The result of stage `name` if it succeeded, typed as `kind`."""
+        self.settle(name)
         value = self.results.get(name)
         return value if isinstance(value, kind) else None
 
     def evidence(self, name: StageName, kind: type[T]) -> T | None:
         """What stage `name` left: its result, or what it found before failing."""
+        self.settle(name)
         value = self.results.get(name)
         if value is None and name in self.errors:
             value = getattr(self.errors[name], "evidence", None)
         return value if isinstance(value, kind) else None
 
     def status(self, name: StageName) -> StageStatus | None:
+        self.settle(name)
         return next((r.status for r in self.records if r.name == name), None)

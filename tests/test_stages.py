@@ -1,0 +1,77 @@
+"""How the pipeline runs its stages: a started stage runs on beside the next ones until its
+result is read; what the eager stage runs on."""
+
+from dynexport.eager import EAGER_STAGE, EagerRun
+from dynexport.pipeline import execute
+from dynexport.script import load_script
+from dynexport.stage import Options, Run, Stage
+
+
+class _Later:
+    """A Started whose result is taken when somebody asks for it."""
+
+    def __init__(self, log: list[str]):
+        self.log, self.seconds = log, 0.25
+
+    def result(self) -> str:
+        self.log.append("eager finished")
+        return "outputs"
+
+
+def test_a_started_stage_runs_beside_the_next_ones_until_read(tmp_path):
+    log: list[str] = []
+    plan = [
+        Stage("eager", lambda run: None, start=lambda run: _Later(log)),
+        Stage("capture", lambda run: log.append("capture ran")),
+        Stage("verify", lambda run: log.append(f"verify read {run.result('eager', str)}"),
+              needs=("eager",)),
+    ]
+    state = execute(Run("script.py", [], Options(out_dir=tmp_path)), plan)
+    assert log == ["capture ran", "eager finished", "verify read outputs"]
+    assert [record.name for record in state.records] == ["eager", "capture", "verify"]
+    assert state.records[0].seconds == 0.25  # the work's own time, not the wait for it
+
+
+def test_a_started_stage_nobody_reads_is_recorded_at_the_end(tmp_path):
+    log: list[str] = []
+    plan = [Stage("eager", lambda run: None, start=lambda run: _Later(log)),
+            Stage("capture", lambda run: log.append("capture ran"))]
+    state = execute(Run("script.py", [], Options(out_dir=tmp_path)), plan)
+    assert log == ["capture ran", "eager finished"]
+    assert state.results["eager"] == "outputs"
+    assert [(r.name, r.status) for r in state.records] == [("eager", "ok"), ("capture", "ok")]
+
+
+SCRIPT = '''
+import torch
+
+
+class Model(torch.nn.Module):
+    def forward(self, x):
+        {body}
+
+
+def get_model():
+    return Model()
+
+
+def get_inputs():
+    return (torch.ones(3),)
+'''
+
+
+def eager_of(tmp_path, body: str, verify: bool = True) -> tuple[EagerRun, object]:
+    path = tmp_path / "script.py"
+    path.write_text(SCRIPT.format(body=body))
+    script = load_script(path, [])
+    run = Run(str(path), [], Options(out_dir=tmp_path, verify=verify))
+    run.results["load"] = script
+    return EAGER_STAGE.run(run), script
+
+
+def test_no_verify_runs_eager_on_the_example_only(tmp_path):
+    eager, script = eager_of(tmp_path, "return x * 2", verify=False)
+    assert list(eager.outputs) == ["example"]  # only verification compares on the probe
+    assert eager.inputs["probe"] is script.probe  # still there for --precision calibration
+    eager, _ = eager_of(tmp_path, "return x * 2")
+    assert list(eager.outputs) == ["example", "probe"]
