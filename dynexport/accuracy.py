@@ -13,6 +13,7 @@ fails naming `picture`, its rows kept as the failure's evidence."""
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,11 +159,7 @@ def measure(script: Script, runtimes: list[tuple[str, str, str, dict | None]], d
             f"{[tuple(t.shape) for t in inputs[other[0]].tensors()]} against {sizes}). Pad "
             "them to the example's sizes in get_validation_data(), or measure accuracy "
             "without --static.")
-    call, eager = eager_call(script.model, script.method), []
-    with torch.no_grad():
-        for index, values in enumerate(inputs):
-            progress.step(f"eager on validation sample {index + 1}/{len(inputs)}")
-            eager.append(call(values))
+    eager = eager_on_validation(script)
     reference = script.metric(eager, targets)
     name = next(iter(reference))
     painter = _Painter(script, pictures, targets[0])
@@ -180,6 +177,28 @@ def measure(script: Script, runtimes: list[tuple[str, str, str, dict | None]], d
                                          label_agreement(eager, outputs)))
     accuracy.picture_error = painter.error
     return accuracy
+
+
+# Eager's outputs on a script's validation data, per model: --precision auto measures each
+# candidate, and the accuracy stage the f32 models, against the same reference (an M0 frame is
+# seconds). Keyed weakly by the model, and valid for the validation list it was made from.
+_EAGER_ON_VALIDATION: weakref.WeakKeyDictionary[torch.nn.Module, tuple[list, list[Any]]] = \
+    weakref.WeakKeyDictionary()
+
+
+def eager_on_validation(script: Script) -> list[Any]:
+    """The model's outputs on each validation sample, computed once per loaded script."""
+    data = script.validation()  # memoized by the script: the same list on every call
+    cached = _EAGER_ON_VALIDATION.get(script.model)
+    if cached is not None and cached[0] is data:
+        return cached[1]
+    call, outputs = eager_call(script.model, script.method), []
+    with torch.no_grad():
+        for index, (values, _target) in enumerate(data):
+            progress.step(f"eager on validation sample {index + 1}/{len(data)}")
+            outputs.append(call(values))
+    _EAGER_ON_VALIDATION[script.model] = (data, outputs)
+    return outputs
 
 
 def label_agreement(reference: list[Any], outputs: list[Any]) -> dict[str, float]:

@@ -159,6 +159,30 @@ def test_precision_auto_picks_the_fastest_within_budget(cli, write_script, tmp_p
     assert {("openvino", c["precision"]) for c in made} <= rows
 
 
+def test_eager_runs_once_on_the_validation_data(monkeypatch, write_script):
+    """--precision auto measures each candidate, and the accuracy stage the f32 models, against
+    one eager reference: the model runs once per validation sample, not once per measurement."""
+    from dynexport import accuracy
+    from dynexport.script import load_script
+
+    script = load_script(write_script(CLASSIFIER.format(metric=ACCURACY)), [])
+    samples: list[int] = []
+    real = accuracy.eager_call
+
+    def counted(model, method):
+        call = real(model, method)
+        return lambda inputs: samples.append(1) or call(inputs)
+
+    monkeypatch.setattr(accuracy, "eager_call", counted)
+    first = accuracy.measure(script, [], "CPU", isolate=False)
+    second = accuracy.measure(script, [], "CPU", isolate=False)
+    assert len(samples) == 3  # the classifier's three validation samples, once
+    assert first.rows[0].value == second.rows[0].value == pytest.approx(_expected_accuracy())
+    reloaded = load_script(write_script(CLASSIFIER.format(metric=ACCURACY)), [])
+    accuracy.measure(reloaded, [], "CPU", isolate=False)
+    assert len(samples) == 6  # another loaded script is another model: measured again
+
+
 def test_precision_auto_needs_a_metric(cli, write_script, tmp_path):
     source = CLASSIFIER.format(metric=ACCURACY).replace("def metric(", "def _not_metric(")
     code, _, err = cli("--out", tmp_path / "out", "--precision", "auto", write_script(source))
