@@ -62,8 +62,8 @@ class Stage:
     is skipped (e.g. "--no-verify"); "" leaves the stage out of the run altogether.
     `run` returns the stage's result (kept by the run under the stage's name) or raises.
     `start`, where given, starts the same work and returns at once (a Started): the later stages
-    start meanwhile (eager runs beside capture; the two conversions side by side, in child
-    processes, use both cores), and the run waits for the result when a stage reads it."""
+    start meanwhile (the two conversions run side by side in child processes and use both
+    cores), and the run waits for the result when a stage reads it."""
 
     name: StageName
     run: Callable[[Run], Any]

@@ -1,6 +1,6 @@
 """Decompose the nodes of a few ops without re-tracing the whole program.
 
-`ExportedProgram.run_decompositions` re-traces every node (3.5-4.5 s on FlashOcc M0, measured)
+`ExportedProgram.run_decompositions` re-traces every node (3.5-4.4 s on FlashOcc M0, measured)
 to replace the handful dynexport decomposes (a camera-matrix inverse). Here each such node is
 replaced by its decomposition traced on the node's own fake values, under the program's fake
 mode (so dynamic sizes stay symbolic), and the rest of the graph is copied as it is; every node
