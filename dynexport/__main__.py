@@ -13,6 +13,7 @@ from rich.markup import escape
 from dynexport.capture import CaptureError
 from dynexport.coverage import coverage_table
 from dynexport.errors import format_traceback
+from dynexport.isolation import DEFAULT_DEADLINE, Isolation
 from dynexport.names import BACKENDS
 from dynexport.pipeline import Options, run, script_coverage
 from dynexport.precision import PRECISIONS
@@ -59,7 +60,12 @@ def _parser() -> argparse.ArgumentParser:
                         "accuracy control keeps in float the layers that cost more; default 1.0)")
     parser.add_argument("--layout", default="",
                         help="serving repositories to write, among ovms,triton")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--stage-timeout", type=float, default=DEFAULT_DEADLINE,
+                        metavar="SECONDS", help="how long a conversion, verification or "
+                        "benchmark child process may run before it is ended as hung and "
+                        f"reported with its stack (default {DEFAULT_DEADLINE:g})")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks; keep a hung "
+                        "child's whole Python stack next to the report")
     parser.add_argument("--mmdet3d", nargs=argparse.REMAINDER,
                         help="CONFIG [--checkpoint PATH] [--input-size HxW] [--cfg-options "
                         "KEY=VALUE ...]: export the detector of an mmdet3d config instead of a "
@@ -101,10 +107,15 @@ def _options(args: argparse.Namespace, target: str) -> Options:
     if any(layout not in LAYOUTS for layout in layouts):
         raise UsageError(f"--layout {args.layout!r} names an unknown layout. Use a "
                          "comma-separated list among ovms,triton, e.g. `--layout ovms`.")
+    if not args.stage_timeout > 0:
+        raise UsageError(f"--stage-timeout {args.stage_timeout:g} is not a positive number of "
+                         "seconds. Give the time a child stage may take, e.g. "
+                         "`--stage-timeout 3600`.")
+    isolation = Isolation(deadline=args.stage_timeout, stacks_dir=out if args.debug else None)
     return Options(out_dir=out, targets=targets, verify=not args.no_verify, bench=args.bench,
                    device=args.device, precision=args.precision, layouts=layouts,
                    static=args.static, device_missing=missing_device(args.device),
-                   accuracy_budget=args.accuracy_budget)
+                   accuracy_budget=args.accuracy_budget, isolation=isolation)
 
 
 def _ops(args: argparse.Namespace, console: Console) -> int:

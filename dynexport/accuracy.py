@@ -26,7 +26,7 @@ from dynexport import progress
 from dynexport.conversion import converted_models
 from dynexport.eager import eager_call
 from dynexport.inputs import Inputs, flatten_outputs
-from dynexport.isolation import run_isolated
+from dynexport.isolation import ISOLATED, Isolation, run_isolated
 from dynexport.names import BACKENDS
 from dynexport.precision import PrecisionResult, variant_ir
 from dynexport.runtimes import open_runner, to_numpy
@@ -141,7 +141,7 @@ def _runtime_outputs(runtime: str, artifact: str, device: str, config: dict | No
 
 
 def measure(script: Script, runtimes: list[tuple[str, str, str, dict | None]], device: str,
-            isolate: bool = True, static: bool = False,
+            isolation: Isolation = ISOLATED, static: bool = False,
             pictures: Path | None = None) -> Accuracy:
     """`runtimes`: (runtime, precision, artifact, compile config) to evaluate beside eager.
     `static`: the models take the example's sizes only (--static). `pictures`: the output
@@ -170,7 +170,7 @@ def measure(script: Script, runtimes: list[tuple[str, str, str, dict | None]], d
         outputs = run_isolated(
             lambda r=runtime, a=artifact, c=config: _runtime_outputs(r, a, device, c, inputs,
                                                                      spec),
-            f"{runtime} on the validation data", isolate)
+            f"{runtime} on the validation data", isolation)
         value = script.metric(outputs, targets)[name]
         accuracy.rows.append(AccuracyRow(runtime, precision, value, value - reference[name],
                                          painter.draw(runtime, precision, outputs[0]),
@@ -223,7 +223,7 @@ def _run(run: Run) -> Accuracy:
         runtimes.append(("openvino", variant.precision, variant_ir(run, variant),
                          variant.openvino_config))
     out_dir = run.options.out_dir
-    accuracy = measure(script, runtimes, run.options.device, run.options.isolate,
+    accuracy = measure(script, runtimes, run.options.device, run.options.isolation,
                        run.options.static, pictures=out_dir)
     if variant is not None:  # --precision auto measured (and drew) each candidate already
         accuracy.rows += [AccuracyRow("openvino", c.precision, c.value, c.delta,

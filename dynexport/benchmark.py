@@ -15,7 +15,7 @@ from dynexport import progress
 from dynexport.conversion import converted_models
 from dynexport.eager import eager_call
 from dynexport.inputs import Inputs
-from dynexport.isolation import NativeCrash, run_isolated
+from dynexport.isolation import ISOLATED, ChildLost, Isolation, run_isolated
 from dynexport.names import BACKENDS
 from dynexport.precision import PrecisionResult, variant_ir
 from dynexport.runtimes import open_runner, timings, to_numpy
@@ -64,9 +64,9 @@ def time_eager(eager: Callable[[Inputs], object], inputs: Inputs,
 
 def time_artifact(runtime: str, artifact: str | Path, inputs: Inputs, device: str = "CPU",
                   config: dict | None = None, precision: str | None = None,
-                  runs: int = 10, isolate: bool = True) -> BenchmarkRecord:
-    """Open `artifact` in `runtime` and time it on `inputs`, in a child process (a crash is
-    recorded, not fatal). OpenVINO records carry the precision it computes in."""
+                  runs: int = 10, isolation: Isolation = ISOLATED) -> BenchmarkRecord:
+    """Open `artifact` in `runtime` and time it on `inputs`, in a child process (a crash or
+    a hang is recorded, not fatal). OpenVINO records carry the precision it computes in."""
     feeds = to_numpy(inputs.tensors())
 
     def measure() -> BenchmarkRecord:
@@ -76,9 +76,9 @@ def time_artifact(runtime: str, artifact: str | Path, inputs: Inputs, device: st
                        precision or getattr(runner, "precision", None))
 
     try:
-        return run_isolated(measure, f"{runtime} on {Path(artifact).name}", isolate)
-    except NativeCrash as crash:
-        return BenchmarkRecord(runtime, 0.0, 0, precision=precision, error=str(crash))
+        return run_isolated(measure, f"{runtime} on {Path(artifact).name}", isolation)
+    except ChildLost as lost:
+        return BenchmarkRecord(runtime, 0.0, 0, precision=precision, error=str(lost))
 
 
 def _run(run: Run) -> list[BenchmarkRecord]:
@@ -87,13 +87,13 @@ def _run(run: Run) -> list[BenchmarkRecord]:
     options = run.options
     records = [time_eager(eager_call(script.model, script.method), script.example)]
     records += [time_artifact(runtime, artifact, script.example, options.device,
-                              isolate=options.isolate)
+                              isolation=options.isolation)
                 for runtime, artifact in converted_models(run)]
     variant = run.result("precision", PrecisionResult)
     if variant is not None:
         records.append(time_artifact("openvino", variant_ir(run, variant), script.example,
                                      options.device, variant.openvino_config,
-                                     variant.precision, isolate=options.isolate))
+                                     variant.precision, isolation=options.isolation))
     return records
 
 

@@ -125,7 +125,7 @@ def _conversion_stage(backend: Backend) -> Stage:
         static = [tuple(t.shape) for t in run.result("load", Script).example.tensors()] \
             if run.options.static else None
         return start_isolated(lambda: convert(program, backend, run.options.out_dir, static),
-                              f"the {backend} conversion", run.options.isolate, backend)
+                              f"the {backend} conversion", run.options.isolation, backend)
 
     return Stage(backend, lambda run: start_stage(run).result(), needs=("decompose",),
                  requested=lambda run: None if backend in run.options.targets else "",

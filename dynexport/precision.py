@@ -612,7 +612,7 @@ def _run(run: Run) -> PrecisionResult:
             lambda: apply_precision(precision, f32.artifact, run.options.out_dir, inputs,
                                     calibration, names, run.options.device,
                                     control=control if precision == "int8" else None),
-            f"--precision {precision}", run.options.isolate)
+            f"--precision {precision}", run.options.isolation)
 
     if run.options.precision != "auto":
         return made(run.options.precision)
@@ -639,7 +639,7 @@ def _choose(run: Run, script: Script, made) -> PrecisionResult:
             continue
         accuracy = measure(script, [("openvino", precision, variant_ir(run, result),
                                      result.openvino_config)],
-                           run.options.device, run.options.isolate, run.options.static,
+                           run.options.device, run.options.isolation, run.options.static,
                            pictures=run.options.out_dir)
         row, metric = accuracy.rows[-1], accuracy.metric
         tried.append((result, Candidate(precision, result.inference_precision, result.median_ms,

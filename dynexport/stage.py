@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from dynexport.isolation import Isolation
 from dynexport.names import BACKENDS, StageName, StageStatus
 
 T = TypeVar("T")
@@ -26,7 +27,8 @@ class Options:
     precision: str = "f32"  # f32: verification's model is the one that ships
     accuracy_budget: float = 1.0  # --precision auto: metric points below eager f32 allowed
     layouts: tuple[str, ...] = ()  # serving repositories to write
-    isolate: bool = True  # conversions and runtimes in child processes (isolation.py)
+    # conversions and runtimes in child processes, each with a deadline (isolation.py)
+    isolation: Isolation = field(default_factory=Isolation)
     static: bool = False  # every dimension fixed to the example's (--static, for NPU)
     # Why the OpenVINO device cannot run here (absent from this machine); stages that compile
     # on it are skipped and the CLI exits 2 after writing the IR.

@@ -19,7 +19,7 @@ from dynexport.conversion import converted_models
 from dynexport.eager import EagerRun
 from dynexport.errors import summary
 from dynexport.inputs import Inputs
-from dynexport.isolation import NativeCrash, run_isolated
+from dynexport.isolation import ISOLATED, ChildLost, Isolation, run_isolated
 from dynexport.names import BACKENDS, InputKind, RuntimeName
 from dynexport.runtimes import Runner, open_runner, to_numpy
 from dynexport.script import Script, ScriptError
@@ -230,7 +230,7 @@ def _finite(value: float) -> float | None:
 
 def verify_artifact(runtime: RuntimeName, artifact: Path, device: str,
                     expected: dict[InputKind, list[tuple[str, Any]]],
-                    inputs: dict[InputKind, Inputs], isolate: bool = True,
+                    inputs: dict[InputKind, Inputs], isolation: Isolation = ISOLATED,
                     tolerances: dict[str, Tolerance] | None = None) -> list[Verification]:
     """Open `artifact` in `runtime` and verify it, in a child process: a crash while compiling
     or running becomes failed records naming the signal."""
@@ -243,9 +243,9 @@ def verify_artifact(runtime: RuntimeName, artifact: Path, device: str,
         return verify(expected, runner, inputs, tolerances=tolerances)
 
     try:
-        return run_isolated(opened_and_verified, f"{runtime} on {artifact.name}", isolate)
-    except NativeCrash as crash:
-        return _failed_everywhere(runtime, expected, inputs, str(crash))
+        return run_isolated(opened_and_verified, f"{runtime} on {artifact.name}", isolation)
+    except ChildLost as lost:
+        return _failed_everywhere(runtime, expected, inputs, str(lost))
 
 
 def _failed_everywhere(runtime: RuntimeName, expected: dict[InputKind, list[tuple[str, Any]]],
@@ -265,7 +265,7 @@ def _run(run: Run) -> list[Verification]:
             "output names of the report's verification table.")
     return [record for runtime, artifact in converted_models(run)
             for record in verify_artifact(runtime, Path(artifact), run.options.device,
-                                          eager.outputs, eager.inputs, run.options.isolate,
+                                          eager.outputs, eager.inputs, run.options.isolation,
                                           tolerances)]
 
 

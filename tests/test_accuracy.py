@@ -7,6 +7,7 @@ import torch
 from conftest import read_report
 
 from dynexport.accuracy import label_agreement
+from dynexport.isolation import IN_PROCESS
 
 CLASSIFIER = """
 import torch
@@ -174,12 +175,12 @@ def test_eager_runs_once_on_the_validation_data(monkeypatch, write_script):
         return lambda inputs: samples.append(1) or call(inputs)
 
     monkeypatch.setattr(accuracy, "eager_call", counted)
-    first = accuracy.measure(script, [], "CPU", isolate=False)
-    second = accuracy.measure(script, [], "CPU", isolate=False)
+    first = accuracy.measure(script, [], "CPU", isolation=IN_PROCESS)
+    second = accuracy.measure(script, [], "CPU", isolation=IN_PROCESS)
     assert len(samples) == 3  # the classifier's three validation samples, once
     assert first.rows[0].value == second.rows[0].value == pytest.approx(_expected_accuracy())
     reloaded = load_script(write_script(CLASSIFIER.format(metric=ACCURACY)), [])
-    accuracy.measure(reloaded, [], "CPU", isolate=False)
+    accuracy.measure(reloaded, [], "CPU", isolation=IN_PROCESS)
     assert len(samples) == 6  # another loaded script is another model: measured again
 
 

@@ -70,8 +70,10 @@ def test_bf16_compiles_with_the_hint_and_verification_stays_f32(cli, net, tmp_pa
     precision = report["precision"]
     assert precision["openvino_config"] == {"INFERENCE_PRECISION_HINT": "bf16"}
     assert precision["artifact"] is None  # the f32 IR, compiled with the hint
+    # A CPU that lists BF16 computes in it. One that does not may fall back to f32 or, as
+    # OpenVINO 2026.4 does on AVX-512 Xeons without avx512_bf16, still report bf16.
     has_bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    assert precision["inference_precision"] == ("bf16" if has_bf16 else "f32")
+    assert precision["inference_precision"] in (("bf16",) if has_bf16 else ("bf16", "f32"))
     _comparisons_are_complete(precision)
     assert precision["speedup"] > 0 and precision["calibration_samples"] is None
     openvino = [b for b in report["benchmark"] if b["runtime"] == "openvino"]
