@@ -16,7 +16,7 @@ from torch.export import ExportedProgram
 
 from dynexport import progress
 from dynexport.backends.onnx import to_onnx
-from dynexport.backends.openvino import save_openvino, to_openvino
+from dynexport.backends.openvino import save_openvino, to_openvino, unused_inputs
 from dynexport.capture import Capture
 from dynexport.coverage import op_name, translate_backend_error, unsupported_ops
 from dynexport.decompositions import decompose, decomposition_table
@@ -35,15 +35,18 @@ class Decomposed:
     """The program the backends convert, saved as exported.pt2."""
 
     program: ExportedProgram
-    artifact: str
+    artifact: str | None  # None when exported.pt2 could not be written (`unsaved` says why)
     # ops dynexport's decompositions replaced, with the user's line of each
     replaced: list[tuple[str, SourceLocation | None]] = field(default_factory=list)
+    unsaved: str | None = None
 
 
 @dataclass
 class Converted:
     backend: Backend
     artifact: str
+    # program inputs the backend's converter dropped (unused) and dynexport kept in the model
+    unused_inputs: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -80,7 +83,12 @@ def _decompose(run: Run) -> Decomposed:
         program = decompose(captured.program)
         progress.step("saving exported.pt2")
         path = run.options.out_dir / "exported.pt2"
-        torch.export.save(program, path)
+        try:
+            torch.export.save(program, path)
+        except Exception as exc:  # the conversions need the program, not the file
+            path.unlink(missing_ok=True)
+            return Decomposed(program, None, replaced_ops(captured.program),
+                              unsaved=one_line(exc, 300))
     return Decomposed(program, str(path), replaced_ops(captured.program))
 
 
@@ -99,7 +107,8 @@ def convert(program: ExportedProgram, backend: Backend, out_dir: Path,
             if static_shapes is not None:
                 model.reshape(dict(zip(model.inputs, static_shapes, strict=True)))
             progress.step("saving openvino/model.xml")
-            path = save_openvino(model, out_dir / "openvino")
+            return Converted(backend, str(save_openvino(model, out_dir / "openvino")),
+                             unused_inputs(model))
         return Converted(backend, str(path))
     except Exception as exc:
         progress.step("naming the ops it lacks")

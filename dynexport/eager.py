@@ -17,10 +17,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
+from torch.utils import _pytree as pytree
 
 from dynexport import progress
 from dynexport.errors import summary
-from dynexport.hazards.conversions import Conversion, watch_conversions
+from dynexport.hazards.conversions import Conversion, Unwatched, watch_conversions
 from dynexport.hazards.location import location_from_exception
 from dynexport.inputs import Inputs, flatten_outputs, make_probe
 from dynexport.names import InputKind
@@ -42,6 +43,7 @@ class EagerRun:
     inputs: dict[InputKind, Inputs] = field(default_factory=dict)
     outputs: dict[InputKind, list[tuple[str, Any]]] = field(default_factory=dict)
     conversions: list[Conversion] = field(default_factory=list)
+    unwatched: list[Unwatched] = field(default_factory=list)  # parts run without the watch
 
     def output_names(self) -> list[str]:
         return [name for name, _ in next(iter(self.outputs.values()), [])]
@@ -49,16 +51,20 @@ class EagerRun:
 
 def run_eager(model: torch.nn.Module, inputs: dict[InputKind, Inputs],
               method: str = "forward") -> EagerRun:
-    """Call the model on each input under the conversion watch. Raises StageFailed (with what
-    was seen so far as evidence) when the model itself raises."""
+    """Call the model on a copy of each input under the conversion watch: a model that changes
+    an input in place (`x.mul_(2)`) must leave the inputs every runtime is fed as they were.
+    Raises StageFailed (with what was seen so far as evidence) when the model itself raises."""
     call = eager_call(model, method)
     result = EagerRun(inputs=dict(inputs))
     for kind, values in inputs.items():
         progress.step(f"the {kind} input")
         produced: list[Any] = []
+        copy = copied(values)
         try:
-            result.conversions += watch_conversions(
-                lambda v=values, out=produced: out.append(call(v)), values.tensors())
+            watched = watch_conversions(
+                lambda v=copy, out=produced: out.append(call(v)), copy.tensors())
+            result.conversions += watched.conversions
+            result.unwatched += [u for u in watched.unwatched if u not in result.unwatched]
         except Exception as exc:
             where = location_from_exception(exc)
             at = f" at {where.file}:{where.line} ({where.code})" if where else ""
@@ -66,6 +72,14 @@ def run_eager(model: torch.nn.Module, inputs: dict[InputKind, Inputs],
                               evidence=result) from exc
         result.outputs[kind] = flatten_outputs(produced[0])
     return result
+
+
+def copied(inputs: Inputs) -> Inputs:
+    """`inputs` with every tensor cloned, the rest shared."""
+    args, kwargs = pytree.tree_map(
+        lambda leaf: leaf.clone() if isinstance(leaf, torch.Tensor) else leaf,
+        (inputs.args, inputs.kwargs))
+    return Inputs(args=tuple(args), kwargs=dict(kwargs))
 
 
 def _run_inputs(run: Run) -> dict[InputKind, Inputs]:

@@ -21,6 +21,7 @@ from dynexport.conversion import (
     ONNX_STAGE,
     OPENVINO_STAGE,
     ConversionFailure,
+    Converted,
     Decomposed,
 )
 from dynexport.coverage import OpCoverage, op_coverage, unsupported_ops
@@ -200,6 +201,15 @@ def evidence(state: Run) -> Evidence:
                      "generated probe of the example's sizes was verified instead")
     failures = [failure for backend in BACKENDS
                 if (failure := state.evidence(backend, ConversionFailure)) is not None]
+    for part in eager.unwatched if eager else []:
+        at = f" at {part.location.file}:{part.location.line}" if part.location else ""
+        notes.append(f"eager ran {part.op}{at} without looking into its branches (torch "
+                     "compiles them even in eager, and cannot compile the watch): .item(), "
+                     "int() or numpy conversions inside them were not looked for; "
+                     "torch.export captured the branches itself")
+    if decomposed is not None and decomposed.unsaved:
+        notes.append("exported.pt2 was not written (torch.export.save: "
+                     f"{decomposed.unsaved}); the conversions ran from the program in memory")
     return Evidence(
         model=script.model if script else None,
         method=script.method if script else "forward",
@@ -211,7 +221,10 @@ def evidence(state: Run) -> Evidence:
         notes=notes + [note for failure in failures for note in failure.notes],
         verification=state.results.get("verify") or [],
         example=script.example if script else None,
-        replaced=decomposed.replaced if decomposed else [])
+        replaced=decomposed.replaced if decomposed else [],
+        unused_inputs={backend: converted.unused_inputs for backend in BACKENDS
+                       if (converted := state.result(backend, Converted)) is not None
+                       and converted.unused_inputs})
 
 
 def build_report(state: Run, facts: Evidence) -> Report:

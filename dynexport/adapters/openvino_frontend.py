@@ -24,6 +24,7 @@ __all__ = [
     "decoder",
     "decoder_graph_module",
     "decoder_input",
+    "element_type",
     "framework_node_names",
     "ops_to_not_decompose",
     "quiet_openvino",
@@ -38,6 +39,13 @@ def ops_to_not_decompose() -> list[OpOverload]:
     )
 
     return list(kept())
+
+
+def element_type(dtype: torch.dtype) -> Any:
+    """The OpenVINO element type the frontend gives a torch dtype (torch.bool: boolean)."""
+    from openvino.frontend.pytorch.utils import pt_to_ov_type_map
+
+    return pt_to_ov_type_map[str(dtype)]
 
 
 def decoder(gm: torch.fx.GraphModule) -> Any:

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import openvino as ov
 import torch
+from openvino import opset13 as ops
 from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind
 
+from dynexport.adapters import openvino_frontend
 from dynexport.adapters.torch_export import isolated_shape_env
 from dynexport.custom_ops.registry import OpRegistry, resolve
 from dynexport.inputs import program_output_names
@@ -45,29 +48,79 @@ def _named_outputs(model: ov.Model, program: ExportedProgram) -> ov.Model:
     return model
 
 
+# rt_info key (saved in model.xml) listing the program inputs the frontend dropped and this
+# module put back as unused Parameters.
+UNUSED_INPUTS_KEY = "dynexport_unused_inputs"
+
+
 def _tensor_inputs_only(model: ov.Model, program: ExportedProgram) -> ov.Model:
-    """One Parameter per tensor input, named as the program (and the ONNX model) names it.
+    """One Parameter per tensor input of the program, in the program's order and named as the
+    program (and the ONNX model) names it, so model.xml and model.onnx take the same inputs by
+    name and by position.
 
     The frontend makes a Parameter for every user input of the program, non-tensor ones too
     (mmdet's `return_loss=False` becomes a Parameter of dynamic rank and type that the CPU
     plugin refuses to compile), and names them from the method's signature, which shifts
-    the names when keyword arguments hold several tensors. The program's inputs pair with the
-    Parameters in order."""
+    the names when keyword arguments hold several tensors: where the counts agree, the
+    program's inputs pair with the Parameters in order. It also drops an input the computation
+    does not use (one read only for a size fixed at capture, `torch.zeros(x.shape[0] * 2)`):
+    then the Parameters pair by name and each dropped input comes back as an unused Parameter
+    (listed in the model's rt_info under UNUSED_INPUTS_KEY)."""
     user_inputs = {spec.arg.name for spec in program.graph_signature.input_specs
                    if spec.kind == InputKind.USER_INPUT}
     placeholders = [node for node in program.graph.nodes
                     if node.op == "placeholder" and node.name in user_inputs]
     parameters = list(model.get_parameters())
-    if len(placeholders) != len(parameters):
-        return model  # not the pairing assumed here: leave the frontend's model as it is
-    for node, parameter in zip(placeholders, parameters, strict=True):
-        if isinstance(node.meta.get("val"), torch.Tensor):
-            parameter.set_friendly_name(node.name)
-            parameter.output(0).set_names({node.name})
-        elif not parameter.output(0).get_target_inputs():
-            model.remove_parameter(parameter)
-    model.validate_nodes_and_infer_types()
-    return model
+    if len(placeholders) == len(parameters):
+        for node, parameter in zip(placeholders, parameters, strict=True):
+            if isinstance(node.meta.get("val"), torch.Tensor):
+                _name(parameter, node.name)
+            elif not parameter.output(0).get_target_inputs():
+                model.remove_parameter(parameter)
+        model.validate_nodes_and_infer_types()
+        return model
+    return _restore_dropped_inputs(model, placeholders)
+
+
+def _restore_dropped_inputs(model: ov.Model, placeholders: list[torch.fx.Node]) -> ov.Model:
+    by_name = {parameter.friendly_name: parameter for parameter in model.get_parameters()}
+    ordered, restored = [], []
+    for node in placeholders:
+        value = node.meta.get("val")
+        parameter = by_name.pop(node.name, None)
+        if not isinstance(value, torch.Tensor):
+            if parameter is not None and parameter.output(0).get_target_inputs():
+                ordered.append(parameter)
+            continue
+        if parameter is None:
+            parameter = ops.parameter(_partial_shape(value),
+                                      openvino_frontend.element_type(value.dtype))
+            restored.append(node.name)
+        _name(parameter, node.name)
+        ordered.append(parameter)
+    if by_name:  # a Parameter named unlike every input: not the pairing assumed here
+        return model
+    rebuilt = ov.Model(model.get_results(), ordered, model.friendly_name)
+    rebuilt.set_rt_info(",".join(restored), UNUSED_INPUTS_KEY)
+    rebuilt.validate_nodes_and_infer_types()
+    return rebuilt
+
+
+def unused_inputs(model: ov.Model) -> list[str]:
+    """The program inputs `to_openvino` kept as unused Parameters (the frontend dropped them)."""
+    if not model.has_rt_info(UNUSED_INPUTS_KEY):
+        return []
+    return [name for name in model.get_rt_info(UNUSED_INPUTS_KEY).astype(str).split(",") if name]
+
+
+def _name(parameter: Any, name: str) -> None:
+    parameter.set_friendly_name(name)
+    parameter.output(0).set_names({name})
+
+
+def _partial_shape(value: torch.Tensor) -> ov.PartialShape:
+    """The example's size where it is fixed, dynamic where the program keeps it symbolic."""
+    return ov.PartialShape([size if isinstance(size, int) else -1 for size in value.shape])
 
 
 def save_openvino(model: ov.Model, directory: str | os.PathLike) -> Path:

@@ -192,9 +192,12 @@ class OpRegistry:
 
     def openvino_extensions(self) -> list:
         """`ConversionExtension`s for `openvino.convert_model(..., extension=...)`; they only
-        see their op if the input comes from `openvino_decoder_input`."""
+        see their op if the input comes from `openvino_decoder_input`. Besides the registry's
+        ops: comparisons of sizes, which OpenVINO's frontend lacks (backends/openvino_size_ops)."""
+        from dynexport.backends.openvino_size_ops import size_comparison_extensions
+
         return [openvino_frontend.conversion_extension(rec.name, rec.openvino)
-                for rec in self.ops() if rec.openvino is not None]
+                for rec in self.ops() if rec.openvino is not None] + size_comparison_extensions()
 
     def openvino_decoder_input(self, program: ExportedProgram) -> Any:
         """What to pass to `openvino.convert_model` (with `extension=openvino_extensions()`)

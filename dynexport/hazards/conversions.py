@@ -13,6 +13,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 from torch.utils.weak import WeakIdKeyDictionary
 
+from dynexport.adapters.torch_export import HigherOrderOperator
 from dynexport.hazards.location import current_user_frame
 from dynexport.hazards.records import SourceLocation
 
@@ -44,6 +45,23 @@ class Conversion:
     is_mask: bool = False  # a bool tensor: the length of a mask is not the number selected
 
 
+@dataclass(frozen=True)
+class Unwatched:
+    """A part of the model the watch ran without looking into it: a higher-order op
+    (torch.cond, map) whose branches torch compiles even in eager, at the user's line."""
+
+    op: str
+    location: SourceLocation | None
+
+
+@dataclass
+class Watched:
+    """What an eager run under the watch saw, and what it could not look into."""
+
+    conversions: list[Conversion]
+    unwatched: list[Unwatched]
+
+
 class _ConversionWatcher(TorchFunctionMode):
     def __init__(self, inputs: list[torch.Tensor]):
         super().__init__()
@@ -53,9 +71,18 @@ class _ConversionWatcher(TorchFunctionMode):
         for tensor in inputs:
             self.from_data[tensor] = True
         self.seen: list[Conversion] = []
+        self.unwatched: list[Unwatched] = []
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if torch.compiler.is_compiling():
+            # torch.cond / map compile their branches even in eager, and dynamo traces this
+            # mode with them; it cannot trace the watch's bookkeeping: pass straight through.
+            return func(*args, **kwargs)
+        if isinstance(func, HigherOrderOperator):
+            self.unwatched.append(Unwatched(getattr(func, "__name__", str(func)),
+                                            current_user_frame()))
+            return func(*args, **kwargs)  # its branches run unwatched
         name = getattr(func, "__name__", "")
         tensors = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
         kind = _CONVERSIONS.get(name)
@@ -101,9 +128,9 @@ class _ConversionWatcher(TorchFunctionMode):
                                         is_mask))
 
 
-def watch_conversions(call: Callable[[], Any], inputs: list[torch.Tensor]) -> list[Conversion]:
-    """Run `call()` eagerly and return every tensor → Python conversion in user code, once per
-    (line, kind), in the order they happened."""
+def watch_conversions(call: Callable[[], Any], inputs: list[torch.Tensor]) -> Watched:
+    """Run `call()` eagerly; every tensor → Python conversion in user code, once per (line,
+    kind), in the order they happened, and the higher-order ops whose branches ran unwatched."""
     watcher = _ConversionWatcher(inputs)
     with torch.no_grad(), watcher:
         call()
@@ -115,4 +142,4 @@ def watch_conversions(call: Callable[[], Any], inputs: list[torch.Tensor]) -> li
             unique[key] = conversion
         elif conversion.from_data and not previous.from_data:
             unique[key] = conversion  # data at any call makes the line data-dependent
-    return list(unique.values())
+    return Watched(list(unique.values()), list(dict.fromkeys(watcher.unwatched)))

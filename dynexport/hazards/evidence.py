@@ -31,6 +31,8 @@ class Evidence:
     replaced: list[tuple[str, SourceLocation | None]] = field(default_factory=list)
     # what a stage could only judge partly (e.g. coverage on the program as given), for people
     notes: list[str] = field(default_factory=list)
+    # backend → program inputs its converter dropped as unused and dynexport kept
+    unused_inputs: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def strict_captured(self) -> bool:

@@ -11,6 +11,7 @@ from dynexport.adapters.torch_export import has_unbacked_size
 from dynexport.hazards.common import method_location
 from dynexport.hazards.evidence import Evidence
 from dynexport.hazards.location import location_from_stack_trace
+from dynexport.hazards.non_tensor_output import is_captured_number, return_location
 from dynexport.hazards.records import Handled, SourceLocation
 
 _REPLACEMENTS = {
@@ -113,6 +114,62 @@ def data_dependent_outputs(evidence: Evidence) -> list[Handled]:
                     "on both inputs")]
 
 
+def unused_inputs_kept(evidence: Evidence) -> list[Handled]:
+    """Inputs a backend's converter dropped because nothing uses them, put back so that every
+    artifact takes the program's inputs, by name and by position."""
+    return [Handled(f"input `{name}` is not used by the computation (at most its size, fixed "
+                    f"at capture); {backend}'s converter dropped it and dynexport kept it as an "
+                    "unused input, so model.xml and model.onnx take the same inputs")
+            for backend, names in evidence.unused_inputs.items() for name in names]
+
+
+def number_outputs(evidence: Evidence) -> list[Handled]:
+    """Python numbers the model returns (a size, `x.shape[1] + 1`): 0-d tensor outputs of
+    the artifacts, verified like any other output."""
+    numbers = {name: type(value).__name__ for name, value in evidence.outputs
+               if is_captured_number(evidence, value)}
+    location = return_location(evidence.model, evidence.method) if numbers else None
+    return [_at(f"output `{name}` is a Python {kind}: model.onnx and model.xml return it as "
+                "a 0-d tensor", location) for name, kind in numbers.items()]
+
+
+def mutated_inputs(evidence: Evidence) -> list[Handled]:
+    """In-place writes to a user input (`x.mul_(2)`): eager ran on copies, so every runtime is
+    compared with eager on the same input values. The artifacts are functional: they return
+    the outputs, and a caller that reads the changed input afterwards does not see the change."""
+    program = evidence.capture.program if evidence.capture else None
+    if program is None:
+        return []
+    inputs = set(program.graph_signature.user_inputs)
+    seen: dict[tuple, Handled] = {}
+    for node in program.graph.nodes:
+        name = written_input(node, inputs)
+        if name is not None:
+            item = _at(f"input `{name}` is changed in place here: eager ran on a copy of each "
+                       "input, so verification compares like with like; model.onnx and "
+                       f"model.xml return the outputs only, not the changed `{name}`",
+                       location_from_stack_trace(node.meta.get("stack_trace")))
+            seen.setdefault((name, item.file, item.line), item)
+    return list(seen.values())
+
+
+def written_input(node: torch.fx.Node, inputs: set[str]) -> str | None:
+    """The user input `node` writes in place (through views of it), if any."""
+    schema = getattr(node.target, "_schema", None) if node.op == "call_function" else None
+    if schema is None:
+        return None
+    for argument, value in zip(schema.arguments, node.args, strict=False):
+        if argument.alias_info is None or not argument.alias_info.is_write:
+            continue
+        while isinstance(value, torch.fx.Node) and value.op == "call_function" and \
+                getattr(value.target, "_schema", None) is not None and value.args and \
+                value.target._schema.arguments[0].alias_info is not None:
+            value = value.args[0]  # a view: the write lands in its base
+        if isinstance(value, torch.fx.Node) and value.op == "placeholder" and value.name in inputs:
+            return value.name
+    return None
+
+
 def _holds_tensor(value: object) -> bool:
     return any(isinstance(leaf, torch.Tensor)
                for leaf in torch.utils._pytree.tree_leaves(value))
@@ -120,7 +177,7 @@ def _holds_tensor(value: object) -> bool:
 
 STEPS: tuple[Callable[[Evidence], list[Handled]], ...] = (
     keyword_call, decompositions, kit_ops, float64_in_openvino, size_oblivious,
-    data_dependent_outputs)
+    data_dependent_outputs, unused_inputs_kept, number_outputs, mutated_inputs)
 
 
 def find_handled(evidence: Evidence) -> list[Handled]:

@@ -15,10 +15,11 @@ from dynexport.hazards.records import Hazard, SourceLocation
 
 
 def from_outputs(evidence: Evidence) -> list[Hazard]:
-    """Every eager output leaf that is not a tensor (None is allowed)."""
+    """Every eager output leaf that is not a tensor (None is allowed; so is a Python number
+    that capture made a program output: the exporters return it as a 0-d tensor)."""
     found = []
     for name, value in evidence.outputs:
-        if isinstance(value, torch.Tensor) or value is None:
+        if isinstance(value, torch.Tensor) or value is None or is_captured_number(evidence, value):
             continue
         converted = evidence.strict_captured and isinstance(value, np.ndarray)
         found.append(hazard(
@@ -30,6 +31,13 @@ def from_outputs(evidence: Evidence) -> list[Hazard]:
             "Return tensors from the model and convert them (e.g. `.numpy()`, labels to uint8) "
             "after inference, outside the exported method."))
     return found
+
+
+def is_captured_number(evidence: Evidence, value: object) -> bool:
+    """A Python number (a size such as `x.shape[1] + 1`) returned by a model that was
+    captured: the program returns it as a scalar, and each artifact as a 0-d tensor."""
+    return (isinstance(value, (bool, int, float)) and not isinstance(value, np.generic)
+            and evidence.capture is not None)
 
 
 def return_location(model: torch.nn.Module | None, method: str) -> SourceLocation | None:
