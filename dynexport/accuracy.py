@@ -23,9 +23,9 @@ import torch
 from torch.utils import _pytree as pytree
 
 from dynexport import progress
-from dynexport.conversion import converted_models
+from dynexport.conversion import converted_models, program_signature
 from dynexport.eager import eager_call
-from dynexport.inputs import Inputs, flatten_outputs
+from dynexport.inputs import Inputs, Signature, flatten_outputs
 from dynexport.isolation import ISOLATED, Isolation, run_isolated
 from dynexport.names import BACKENDS
 from dynexport.precision import PrecisionResult, variant_ir
@@ -129,9 +129,10 @@ class _Painter:
 
 
 def _runtime_outputs(runtime: str, artifact: str, device: str, config: dict | None,
-                     inputs: list[Inputs], spec: pytree.TreeSpec) -> list[Any]:
+                     inputs: list[Inputs], spec: pytree.TreeSpec,
+                     signature: Signature | None) -> list[Any]:
     """Each input through the runtime, outputs rebuilt into eager's structure."""
-    runner = open_runner(runtime, artifact, device, config)
+    runner = open_runner(runtime, artifact, device, config, signature)
     outputs = []
     for index, values in enumerate(inputs):
         progress.step(f"{runtime} on validation sample {index + 1}/{len(inputs)}")
@@ -142,8 +143,9 @@ def _runtime_outputs(runtime: str, artifact: str, device: str, config: dict | No
 
 def measure(script: Script, runtimes: list[tuple[str, str, str, dict | None]], device: str,
             isolation: Isolation = ISOLATED, static: bool = False,
-            pictures: Path | None = None) -> Accuracy:
-    """`runtimes`: (runtime, precision, artifact, compile config) to evaluate beside eager.
+            pictures: Path | None = None, signature: Signature | None = None) -> Accuracy:
+    """`runtimes`: (runtime, precision, artifact, compile config) to evaluate beside eager,
+    each fed and read by `signature`'s names.
     `static`: the models take the example's sizes only (--static). `pictures`: the output
     folder; with the script's `picture`, each row's first sample is drawn into its pictures/
     (a failure is kept in `picture_error`, for the caller to judge)."""
@@ -169,7 +171,7 @@ def measure(script: Script, runtimes: list[tuple[str, str, str, dict | None]], d
     for runtime, precision, artifact, config in runtimes:
         outputs = run_isolated(
             lambda r=runtime, a=artifact, c=config: _runtime_outputs(r, a, device, c, inputs,
-                                                                     spec),
+                                                                     spec, signature),
             f"{runtime} on the validation data", isolation)
         value = script.metric(outputs, targets)[name]
         accuracy.rows.append(AccuracyRow(runtime, precision, value, value - reference[name],
@@ -224,7 +226,7 @@ def _run(run: Run) -> Accuracy:
                          variant.openvino_config))
     out_dir = run.options.out_dir
     accuracy = measure(script, runtimes, run.options.device, run.options.isolation,
-                       run.options.static, pictures=out_dir)
+                       run.options.static, pictures=out_dir, signature=program_signature(run))
     if variant is not None:  # --precision auto measured (and drew) each candidate already
         accuracy.rows += [AccuracyRow("openvino", c.precision, c.value, c.delta,
                                       _drawn(script, out_dir, "openvino", c.precision),

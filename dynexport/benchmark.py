@@ -12,9 +12,9 @@ from typing import Literal
 import torch
 
 from dynexport import progress
-from dynexport.conversion import converted_models
+from dynexport.conversion import converted_models, program_signature
 from dynexport.eager import eager_call
-from dynexport.inputs import Inputs
+from dynexport.inputs import Inputs, Signature
 from dynexport.isolation import ISOLATED, ChildLost, Isolation, run_isolated
 from dynexport.names import BACKENDS
 from dynexport.precision import PrecisionResult, variant_ir
@@ -64,14 +64,15 @@ def time_eager(eager: Callable[[Inputs], object], inputs: Inputs,
 
 def time_artifact(runtime: str, artifact: str | Path, inputs: Inputs, device: str = "CPU",
                   config: dict | None = None, precision: str | None = None,
-                  runs: int = 10, isolation: Isolation = ISOLATED) -> BenchmarkRecord:
+                  runs: int = 10, isolation: Isolation = ISOLATED,
+                  signature: Signature | None = None) -> BenchmarkRecord:
     """Open `artifact` in `runtime` and time it on `inputs`, in a child process (a crash or
     a hang is recorded, not fatal). OpenVINO records carry the precision it computes in."""
     feeds = to_numpy(inputs.tensors())
 
     def measure() -> BenchmarkRecord:
         progress.step(f"timing {runtime}" + (f" {precision}" if precision else ""))
-        runner = open_runner(runtime, artifact, device, config)
+        runner = open_runner(runtime, artifact, device, config, signature)
         return _record(runtime, timings(lambda: runner.run(feeds), runs),
                        precision or getattr(runner, "precision", None))
 
@@ -86,14 +87,16 @@ def _run(run: Run) -> list[BenchmarkRecord]:
     script = run.result("load", Script)
     options = run.options
     records = [time_eager(eager_call(script.model, script.method), script.example)]
+    signature = program_signature(run)
     records += [time_artifact(runtime, artifact, script.example, options.device,
-                              isolation=options.isolation)
+                              isolation=options.isolation, signature=signature)
                 for runtime, artifact in converted_models(run)]
     variant = run.result("precision", PrecisionResult)
     if variant is not None:
         records.append(time_artifact("openvino", variant_ir(run, variant), script.example,
                                      options.device, variant.openvino_config,
-                                     variant.precision, isolation=options.isolation))
+                                     variant.precision, isolation=options.isolation,
+                                     signature=signature))
     return records
 
 

@@ -23,6 +23,7 @@ from dynexport.decompositions import decompose, decomposition_table
 from dynexport.errors import one_line, summary
 from dynexport.hazards.location import location_from_stack_trace
 from dynexport.hazards.records import SourceLocation, UnsupportedOp
+from dynexport.inputs import Signature
 from dynexport.isolation import start_isolated
 from dynexport.names import Backend, RuntimeName
 from dynexport.quiet import quiet_torch
@@ -66,6 +67,12 @@ def converted_models(run: Run) -> list[tuple[RuntimeName, str]]:
         if converted is not None:
             found.append((runtime, converted.artifact))
     return found
+
+
+def program_signature(run: Run) -> Signature | None:
+    """The input and output names of the program both artifacts were converted from."""
+    decomposed = run.result("decompose", Decomposed)
+    return Signature.of(decomposed.program) if decomposed is not None else None
 
 
 def replaced_ops(program: ExportedProgram) -> list[tuple[str, SourceLocation | None]]:

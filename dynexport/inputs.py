@@ -128,3 +128,22 @@ def program_output_names(program: Any) -> list[str] | None:
     if len(set(names)) != len(names) or set(names) & set(signature.user_inputs):
         return None
     return names
+
+
+@dataclass(frozen=True)
+class Signature:
+    """The names a program gives its tensor inputs (in the order of `Inputs.tensors()`) and
+    its outputs (None where `program_output_names` cannot name them): both artifacts carry
+    these names, and every runtime is fed and read by them."""
+
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...] | None
+
+    @classmethod
+    def of(cls, program: Any) -> Signature:
+        user_inputs = set(program.graph_signature.user_inputs)
+        inputs = tuple(node.name for node in program.graph.nodes
+                       if node.op == "placeholder" and node.name in user_inputs
+                       and isinstance(node.meta.get("val"), torch.Tensor))
+        outputs = program_output_names(program)
+        return cls(inputs, tuple(outputs) if outputs is not None else None)

@@ -55,7 +55,7 @@ from torch.utils import _pytree as pytree
 
 from dynexport import progress
 from dynexport.capture import Capture
-from dynexport.conversion import Converted
+from dynexport.conversion import Converted, program_signature
 from dynexport.eager import EagerRun
 from dynexport.inputs import Inputs
 from dynexport.isolation import run_isolated
@@ -640,7 +640,7 @@ def _choose(run: Run, script: Script, made) -> PrecisionResult:
         accuracy = measure(script, [("openvino", precision, variant_ir(run, result),
                                      result.openvino_config)],
                            run.options.device, run.options.isolation, run.options.static,
-                           pictures=run.options.out_dir)
+                           pictures=run.options.out_dir, signature=program_signature(run))
         row, metric = accuracy.rows[-1], accuracy.metric
         tried.append((result, Candidate(precision, result.inference_precision, result.median_ms,
                                         result.speedup, row.value, row.delta,

@@ -12,6 +12,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from dynexport.inputs import Signature
+
 DEFAULT_OPENVINO_CONFIG = {"INFERENCE_PRECISION_HINT": "f32"}
 
 
@@ -19,6 +21,34 @@ class Runner(Protocol):
     name: str
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]: ...
+
+
+class _ByName:
+    """Feeds a model by input name and reads it by output name, given the program's signature
+    (inputs in `Inputs.tensors()` order); without one, by position. A model input the program
+    does not have, or the reverse, is an error naming both lists."""
+
+    def __init__(self, runtime: str, model_inputs: list[str], model_outputs: list[str],
+                 signature: Signature | None):
+        self.runtime, self.model_inputs = runtime, model_inputs
+        self.signature = signature
+        if signature is None:
+            self.outputs = model_outputs
+            return
+        missing = [n for n in signature.inputs if n not in model_inputs]
+        extra = [n for n in model_inputs if n not in signature.inputs]
+        if missing or extra:
+            raise ValueError(f"the {runtime} model's inputs {model_inputs} are not the "
+                             f"program's {list(signature.inputs)}"
+                             + (f"; it lacks {missing}" if missing else "")
+                             + (f"; it has {extra} besides" if extra else ""))
+        named = signature.outputs is not None and set(signature.outputs) <= set(model_outputs)
+        self.outputs = list(signature.outputs) if named else model_outputs
+
+    def feeds(self, inputs: list[np.ndarray]) -> dict[str, np.ndarray]:
+        names = list(self.signature.inputs) if self.signature else self.model_inputs
+        _check_count(self.runtime, len(names), len(inputs))
+        return dict(zip(names, inputs, strict=True))
 
 
 def to_numpy(tensors: list[torch.Tensor]) -> list[np.ndarray]:
@@ -43,11 +73,12 @@ def default_threads() -> int:
 
 
 class OnnxRuntimeRunner:
-    """An onnxruntime CPU session; inputs are fed by position."""
+    """An onnxruntime CPU session, fed and read by the program's names (`signature`)."""
 
     name = "onnxruntime"
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+    def __init__(self, path: str | os.PathLike, threads: int | None = None,
+                 signature: Signature | None = None):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -55,11 +86,11 @@ class OnnxRuntimeRunner:
         options.log_severity_level = 3
         self.session = ort.InferenceSession(str(path), options,
                                             providers=["CPUExecutionProvider"])
-        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.names = _ByName(self.name, [i.name for i in self.session.get_inputs()],
+                             [o.name for o in self.session.get_outputs()], signature)
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        _check_count(self.name, len(self.input_names), len(inputs))
-        return self.session.run(None, dict(zip(self.input_names, inputs, strict=False)))
+        return self.session.run(self.names.outputs, self.names.feeds(inputs))
 
 
 class OpenVINORunner:
@@ -68,7 +99,8 @@ class OpenVINORunner:
 
     name = "openvino"
 
-    def __init__(self, model_or_path, device: str = "CPU", config: dict | None = None):
+    def __init__(self, model_or_path, device: str = "CPU", config: dict | None = None,
+                 signature: Signature | None = None):
         import openvino as ov
 
         core = ov.Core()
@@ -79,11 +111,19 @@ class OpenVINORunner:
         self.request = self.compiled.create_infer_request()
         # What benchmark records say it computes in; the precision stage names its variants.
         self.precision: str = str(config.get("INFERENCE_PRECISION_HINT", "default"))
+        self.names = _ByName(self.name, [_any_name(i) for i in self.compiled.inputs],
+                             [_any_name(o) for o in self.compiled.outputs], signature)
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        _check_count(self.name, len(self.compiled.inputs), len(inputs))
-        results = self.request.infer(inputs, share_inputs=False)
-        return [np.array(results[output]) for output in self.compiled.outputs]
+        results = self.request.infer(self.names.feeds(inputs), share_inputs=False)
+        by_name = {_any_name(output): output for output in self.compiled.outputs}
+        return [np.array(results[by_name[name]]) for name in self.names.outputs]
+
+
+def _any_name(port) -> str:
+    """A port's name: the one its tensor was given (dynexport names every input and output),
+    else the first of its names, else its index."""
+    return port.get_any_name() if port.get_names() else str(port.get_index())
 
 
 # Virtual devices that pick or combine physical ones; valid wherever one physical device is.
@@ -104,11 +144,12 @@ def missing_device(device: str) -> str | None:
 
 
 def open_runner(runtime: str, artifact: str | os.PathLike, device: str = "CPU",
-                config: dict | None = None) -> Runner:
-    """A runner of `runtime` ("onnxruntime" or "openvino") on the artifact at `artifact`."""
+                config: dict | None = None, signature: Signature | None = None) -> Runner:
+    """A runner of `runtime` ("onnxruntime" or "openvino") on the artifact at `artifact`, fed
+    and read by `signature`'s names (by position without one)."""
     if runtime == "onnxruntime":
-        return OnnxRuntimeRunner(artifact)
-    return OpenVINORunner(Path(artifact), device, config)
+        return OnnxRuntimeRunner(artifact, signature=signature)
+    return OpenVINORunner(Path(artifact), device, config, signature)
 
 
 def _check_count(runtime: str, expected: int, given: int) -> None:

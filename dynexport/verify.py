@@ -15,10 +15,10 @@ import numpy as np
 import torch
 
 from dynexport import progress
-from dynexport.conversion import converted_models
+from dynexport.conversion import converted_models, program_signature
 from dynexport.eager import EagerRun
 from dynexport.errors import summary
-from dynexport.inputs import Inputs
+from dynexport.inputs import Inputs, Signature
 from dynexport.isolation import ISOLATED, ChildLost, Isolation, run_isolated
 from dynexport.names import BACKENDS, InputKind, RuntimeName
 from dynexport.runtimes import Runner, open_runner, to_numpy
@@ -231,13 +231,14 @@ def _finite(value: float) -> float | None:
 def verify_artifact(runtime: RuntimeName, artifact: Path, device: str,
                     expected: dict[InputKind, list[tuple[str, Any]]],
                     inputs: dict[InputKind, Inputs], isolation: Isolation = ISOLATED,
-                    tolerances: dict[str, Tolerance] | None = None) -> list[Verification]:
+                    tolerances: dict[str, Tolerance] | None = None,
+                    signature: Signature | None = None) -> list[Verification]:
     """Open `artifact` in `runtime` and verify it, in a child process: a crash while compiling
     or running becomes failed records naming the signal."""
     def opened_and_verified() -> list[Verification]:
         progress.step(f"{runtime}: compiling {artifact.name}")
         try:
-            runner = open_runner(runtime, artifact, device)
+            runner = open_runner(runtime, artifact, device, signature=signature)
         except Exception as exc:  # a model the runtime cannot compile fails every record
             return _failed_everywhere(runtime, expected, inputs, f"compiling: {summary(exc)}")
         return verify(expected, runner, inputs, tolerances=tolerances)
@@ -266,7 +267,7 @@ def _run(run: Run) -> list[Verification]:
     return [record for runtime, artifact in converted_models(run)
             for record in verify_artifact(runtime, Path(artifact), run.options.device,
                                           eager.outputs, eager.inputs, run.options.isolation,
-                                          tolerances)]
+                                          tolerances, program_signature(run))]
 
 
 def _requested(run: Run) -> str | None:

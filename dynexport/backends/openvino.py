@@ -61,8 +61,9 @@ def _tensor_inputs_only(model: ov.Model, program: ExportedProgram) -> ov.Model:
     The frontend makes a Parameter for every user input of the program, non-tensor ones too
     (mmdet's `return_loss=False` becomes a Parameter of dynamic rank and type that the CPU
     plugin refuses to compile), and names them from the method's signature, which shifts
-    the names when keyword arguments hold several tensors: where the counts agree, the
-    program's inputs pair with the Parameters in order. It also drops an input the computation
+    the names when keyword arguments hold several tensors: where the counts agree (of all
+    inputs, or of the tensor ones), the program's inputs pair with the Parameters in order. It
+    also drops an input the computation
     does not use (one read only for a size fixed at capture, `torch.zeros(x.shape[0] * 2)`):
     then the Parameters pair by name and each dropped input comes back as an unused Parameter
     (listed in the model's rt_info under UNUSED_INPUTS_KEY)."""
@@ -71,6 +72,9 @@ def _tensor_inputs_only(model: ov.Model, program: ExportedProgram) -> ov.Model:
     placeholders = [node for node in program.graph.nodes
                     if node.op == "placeholder" and node.name in user_inputs]
     parameters = list(model.get_parameters())
+    tensors = [node for node in placeholders if isinstance(node.meta.get("val"), torch.Tensor)]
+    if len(placeholders) != len(parameters) and len(tensors) == len(parameters):
+        placeholders = tensors  # the frontend made no Parameter for the constant inputs
     if len(placeholders) == len(parameters):
         for node, parameter in zip(placeholders, parameters, strict=True):
             if isinstance(node.meta.get("val"), torch.Tensor):

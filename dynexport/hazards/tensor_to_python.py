@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from dynexport.hazards.common import (
     VALUE_FIX,
     assumed,
@@ -12,16 +14,61 @@ from dynexport.hazards.common import (
 )
 from dynexport.hazards.conversions import Conversion
 from dynexport.hazards.evidence import Evidence
+from dynexport.hazards.location import location_from_stack_trace
 from dynexport.hazards.records import Hazard
 
 _RULE = "tensor_to_python.from_watch"
+_SCALAR_READS = (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default)
 
 
 def from_watch(evidence: Evidence) -> list[Hazard]:
-    """Conversions the eager watch saw: an error for data, a warning for constants and for a
-    branch on the length of a mask (which is the same for every input)."""
-    return [_watched(c) for c in evidence.conversions
-            if conversion_category(c) == "tensor_to_python"]
+    """Conversions the eager watch saw: an error for data, a warning for constants, for a
+    branch on the length of a mask (which is the same for every input) and for a value that
+    feeds no output of the captured graph."""
+    checks_only = _lines_feeding_no_output(evidence)
+    return [_checked_only(c) if (c.location.file, c.location.line) in checks_only
+            else _watched(c)
+            for c in evidence.conversions if conversion_category(c) == "tensor_to_python"]
+
+
+def _lines_feeding_no_output(evidence: Evidence) -> set[tuple[str, int]]:
+    """Lines whose `.item()` strict or non-strict capture traced into the program and whose
+    value reaches no output: it feeds only the checks of torch._check (torch's export example
+    `constrain_as_value_example`), so no computation depends on the example's value."""
+    capture = evidence.capture
+    if capture is None or capture.program is None or capture.strategy == "draft":
+        return set()
+    found = set()
+    for node in capture.program.graph.nodes:
+        if node.op == "call_function" and node.target in _SCALAR_READS \
+                and not _reaches_output(node):
+            where = location_from_stack_trace(node.meta.get("stack_trace"))
+            if where is not None:
+                found.add((where.file, where.line))
+    return found
+
+
+def _reaches_output(node: torch.fx.Node) -> bool:
+    seen, stack = set(), [node]
+    while stack:
+        current = stack.pop()
+        if current.op == "output":
+            return True
+        for user in current.users:
+            if user not in seen:
+                seen.add(user)
+                stack.append(user)
+    return False
+
+
+def _checked_only(c: Conversion) -> Hazard:
+    return hazard(
+        _RULE, "tensor_to_python", "warning", c.location,
+        f"`{c.kind}` of a tensor computed from the inputs feeds no output: capture kept it "
+        "only for what torch._check states about it, which exported.pt2 asserts and "
+        "model.onnx and model.xml do not check.",
+        "Nothing to do for inputs within the stated bounds; to have every runtime check them, "
+        "compute the check as a tensor output (e.g. a bool `valid` output).")
 
 
 def _watched(c: Conversion) -> Hazard:
