@@ -20,6 +20,7 @@ from dynexport.backends.openvino import save_openvino, to_openvino, unused_input
 from dynexport.capture import Capture
 from dynexport.coverage import op_name, translate_backend_error, unsupported_ops
 from dynexport.decompositions import decompose, decomposition_table
+from dynexport.decompositions.map_unroll import static_maps
 from dynexport.errors import one_line, summary
 from dynexport.hazards.location import location_from_stack_trace
 from dynexport.hazards.records import SourceLocation, UnsupportedOp
@@ -78,9 +79,10 @@ def program_signature(run: Run) -> Signature | None:
 def replaced_ops(program: ExportedProgram) -> list[tuple[str, SourceLocation | None]]:
     """Ops of `program` that dynexport's decomposition table replaces, at the user's lines."""
     table = decomposition_table()
+    maps = static_maps(program)
     return [(op_name(node.target), location_from_stack_trace(node.meta.get("stack_trace")))
             for node in program.graph.nodes
-            if node.op == "call_function" and node.target in table]
+            if node.op == "call_function" and (node.target in table or node in maps)]
 
 
 def _decompose(run: Run) -> Decomposed:

@@ -12,7 +12,7 @@ from torch.export import ExportedProgram
 from dynexport import progress
 from dynexport.adapters.torch_export import isolated_shape_env
 from dynexport.custom_ops.registry import OpRegistry, resolve
-from dynexport.inputs import program_output_names
+from dynexport.inputs import Signature, program_output_names
 from dynexport.quiet import quiet_torch
 
 
@@ -31,12 +31,28 @@ def to_onnx(program: ExportedProgram, path: str | os.PathLike,
             # Weights stay inside model.onnx unless the model is too large for one protobuf.
             external_data=False,
         )
+    _program_input_names(onnx_program.model, program)
     progress.step("saving and checking model.onnx")
     onnx_program.save(path, external_data=_too_large_for_protobuf(onnx_program))
     import onnx  # here, not at import: 0.8 s (ml_dtypes) the pipeline's own process never needs
 
     onnx.checker.check_model(str(path), full_check=True)
     return path
+
+
+def _program_input_names(model, program: ExportedProgram) -> None:
+    """Graph inputs named as the program names them. torch.onnx renames an input that the
+    model returns as it is (`x` becomes `x_orig`, with an Identity to the output): the ONNX and
+    OpenVINO models would then take differently named inputs."""
+    wanted = Signature.of(program).inputs
+    inputs = list(model.graph.inputs)
+    if len(inputs) != len(wanted):
+        return
+    taken = {value.name for node in model.graph for value in node.outputs}
+    taken |= {value.name for value in model.graph.outputs} | set(model.graph.initializers)
+    for value, name in zip(inputs, wanted, strict=True):
+        if value.name != name and name not in taken:
+            value.name = name
 
 
 def _too_large_for_protobuf(onnx_program) -> bool:

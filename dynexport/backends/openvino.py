@@ -10,6 +10,7 @@ from typing import Any
 import openvino as ov
 import torch
 from openvino import opset13 as ops
+from openvino import opset16
 from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind
 
@@ -43,8 +44,15 @@ def _named_outputs(model: ov.Model, program: ExportedProgram) -> ov.Model:
              for name in parameter.output(0).get_names()}
     if taken & set(names):
         return model
-    for output, name in zip(model.outputs, names, strict=True):
-        output.get_tensor().set_names({name})
+    parameters = set(model.get_parameters())
+    for result, name in zip(model.get_results(), names, strict=True):
+        source = result.input_value(0)
+        if source.get_node() in parameters:  # an input returned as it is: one tensor, two names
+            identity = opset16.identity(source)
+            result.input(0).replace_source_output(identity.output(0))
+            source = identity.output(0)
+        source.get_tensor().set_names({name})
+    model.validate_nodes_and_infer_types()
     return model
 
 

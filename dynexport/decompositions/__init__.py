@@ -16,6 +16,7 @@ from torch.export import ExportedProgram
 
 from dynexport.adapters.torch_export import OpOverload
 from dynexport.decompositions import grid_sample, inverse, scatter
+from dynexport.decompositions.map_unroll import unroll_static_maps
 from dynexport.decompositions.splice import SpliceUnsupported, splice_decompositions
 
 __all__ = ["decompose", "decomposition_table", "program_ops"]
@@ -43,11 +44,13 @@ def program_ops(ep: ExportedProgram) -> set[object]:
 
 
 def decompose(ep: ExportedProgram) -> ExportedProgram:
-    """Apply dynexport's decompositions; returns `ep` itself when none of its ops is in the table.
+    """Apply dynexport's decompositions (and unroll `map` over static sizes, map_unroll.py);
+    returns `ep` itself when none of its ops is in the table.
 
     Ops whose decomposition declines the input (e.g. a 16x16 or symbolic-size inverse)
     stay in the graph, where the coverage preflight reports them.
     """
+    ep = unroll_static_maps(ep)
     table = decomposition_table()
     if not program_ops(ep) & table.keys():
         return ep

@@ -4,8 +4,10 @@ buffers (a true constant). Runs with real tensors, so one pass sees every such p
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any, Literal
 
 import torch
@@ -43,6 +45,8 @@ class Conversion:
     from_data: bool  # the tensor depends on the model's inputs
     data_dependent_size: bool  # its size depends on input values (after a mask, nonzero, ...)
     is_mask: bool = False  # a bool tensor: the length of a mask is not the number selected
+    # inside a function the user marked torch._dynamo.assume_constant_result
+    assumed_constant: bool = False
 
 
 @dataclass(frozen=True)
@@ -125,7 +129,21 @@ class _ConversionWatcher(TorchFunctionMode):
         location = current_user_frame()
         if location is not None:
             self.seen.append(Conversion(kind, location, tensor in self.from_data, dd_size,
-                                        is_mask))
+                                        is_mask, _in_assumed_constant(sys._getframe(1))))
+
+
+def _in_assumed_constant(frame: FrameType | None) -> bool:
+    """A frame of the stack runs a function marked `torch._dynamo.assume_constant_result`
+    (looked up as a method of `self` or a global of its module)."""
+    while frame is not None:
+        code = frame.f_code
+        owner = frame.f_locals.get("self")
+        function = (getattr(type(owner), code.co_name, None) if owner is not None
+                    else frame.f_globals.get(code.co_name))
+        if getattr(function, "_dynamo_marked_constant", False):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def watch_conversions(call: Callable[[], Any], inputs: list[torch.Tensor]) -> Watched:

@@ -27,16 +27,19 @@ _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 _SITE_PACKAGES = tuple(os.path.realpath(sysconfig.get_paths()[key]) for key in ("purelib",
                                                                                  "platlib"))
 _NOT_MODEL_CODE = (_PACKAGE_ROOT, os.path.dirname(os.path.realpath(torch.__file__)))
-# Models torch ships (its export examples): model code, though inside torch.
+# Models torch ships (its export examples): the user's code, though inside torch.
 _MODELS_IN_TORCH = os.path.join(_NOT_MODEL_CODE[1], "_export", "db", "examples")
 _FRAME_RE = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+)')
 
 
 def is_user_file(path: str) -> bool:
-    """True for source the user wrote: not the standard library, site-packages or dynexport."""
+    """True for source the user wrote: not the standard library, site-packages or dynexport;
+    the models torch ships as its export examples count as the user's."""
     if not path or path.startswith("<"):
         return False
     real = os.path.realpath(path)
+    if real.startswith(_MODELS_IN_TORCH + os.sep):
+        return True
     if real.startswith(_PACKAGE_ROOT + os.sep):
         return False
     return not any(real.startswith(root + os.sep) for root in _LIBRARY_ROOTS)
@@ -44,13 +47,10 @@ def is_user_file(path: str) -> bool:
 
 def is_model_library_file(path: str) -> bool:
     """True for the source of an installed package (site-packages) other than torch and
-    dynexport, or of a model torch ships: where a model that comes from a package (e.g.
-    mmdet3d, torch's export examples) has its lines."""
+    dynexport: where a model that comes from a package (e.g. mmdet3d) has its lines."""
     if not path or path.startswith("<"):
         return False
     real = os.path.realpath(path)
-    if real.startswith(_MODELS_IN_TORCH + os.sep):
-        return True
     return (any(real.startswith(root + os.sep) for root in _SITE_PACKAGES)
             and not any(real.startswith(root + os.sep) for root in _NOT_MODEL_CODE))
 

@@ -23,28 +23,33 @@ _SCALAR_READS = (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item
 
 def from_watch(evidence: Evidence) -> list[Hazard]:
     """Conversions the eager watch saw: an error for data, a warning for constants, for a
-    branch on the length of a mask (which is the same for every input) and for a value that
-    feeds no output of the captured graph."""
-    checks_only = _lines_feeding_no_output(evidence)
-    return [_checked_only(c) if (c.location.file, c.location.line) in checks_only
-            else _watched(c)
-            for c in evidence.conversions if conversion_category(c) == "tensor_to_python"]
+    branch on the length of a mask (which is the same for every input) and for a value the
+    captured graph computes itself."""
+    in_graph = _lines_computed_in_graph(evidence)
+    found = []
+    for c in evidence.conversions:
+        if conversion_category(c) != "tensor_to_python":
+            continue
+        where = (c.location.file, c.location.line)
+        found.append(_in_graph(c, in_graph[where]) if where in in_graph and c.from_data
+                     else _watched(c))
+    return found
 
 
-def _lines_feeding_no_output(evidence: Evidence) -> set[tuple[str, int]]:
-    """Lines whose `.item()` strict or non-strict capture traced into the program and whose
-    value reaches no output: it feeds only the checks of torch._check (torch's export example
-    `constrain_as_value_example`), so no computation depends on the example's value."""
+def _lines_computed_in_graph(evidence: Evidence) -> dict[tuple[str, int], bool]:
+    """Lines whose `.item()` strict or non-strict capture traced into the program, an
+    unbacked value the graph computes for each input (draft export may instead have kept the
+    example's), each with whether that value reaches an output."""
     capture = evidence.capture
     if capture is None or capture.program is None or capture.strategy == "draft":
-        return set()
-    found = set()
+        return {}
+    found: dict[tuple[str, int], bool] = {}
     for node in capture.program.graph.nodes:
-        if node.op == "call_function" and node.target in _SCALAR_READS \
-                and not _reaches_output(node):
+        if node.op == "call_function" and node.target in _SCALAR_READS:
             where = location_from_stack_trace(node.meta.get("stack_trace"))
             if where is not None:
-                found.add((where.file, where.line))
+                key = (where.file, where.line)
+                found[key] = found.get(key, False) or _reaches_output(node)
     return found
 
 
@@ -61,17 +66,27 @@ def _reaches_output(node: torch.fx.Node) -> bool:
     return False
 
 
-def _checked_only(c: Conversion) -> Hazard:
+def _in_graph(c: Conversion, feeds_outputs: bool) -> Hazard:
+    use = ("the converted models compute it for each input" if feeds_outputs
+           else "it feeds no output, only what torch._check states about it")
     return hazard(
         _RULE, "tensor_to_python", "warning", c.location,
-        f"`{c.kind}` of a tensor computed from the inputs feeds no output: capture kept it "
-        "only for what torch._check states about it, which exported.pt2 asserts and "
-        "model.onnx and model.xml do not check.",
-        "Nothing to do for inputs within the stated bounds; to have every runtime check them, "
-        "compute the check as a tensor output (e.g. a bool `valid` output).")
+        f"`{c.kind}` of a tensor computed from the inputs, captured as a value the graph "
+        f"computes (nothing of the example was kept): {use}. What torch._check states about "
+        "it is asserted by exported.pt2 only, not by model.onnx and model.xml.",
+        "Nothing to do for inputs within the bounds torch._check states; to have every "
+        "runtime check them, return the check as a tensor output.")
 
 
 def _watched(c: Conversion) -> Hazard:
+    if c.assumed_constant:
+        return hazard(
+            _RULE, "tensor_to_python", "warning", c.location,
+            f"`{c.kind}` inside a function marked torch._dynamo.assume_constant_result: export "
+            "keeps the example's value, as declared; the probe input checks whether another "
+            "input needs another value.",
+            "Nothing to do while the value is the same for every input; otherwise drop the "
+            "decorator and keep the value a tensor.")
     branch = c.kind == "bool" or is_branch(c.location.code)
     if c.kind == "size":
         return hazard(

@@ -1,4 +1,7 @@
-"""A tensor turned into a Python float: export bakes the example's value into the graph."""
+"""A tensor turned into a Python float. torch 2.13's strict capture computes it in the graph
+for each input (an unbacked value; both runtimes verify on the probe), so it is a warning that
+torch._check bounds go unchecked in ONNX and OpenVINO; where only draft export captures the
+model, the example's value is kept and it is an error (tensor_to_python_loop_count.py)."""
 
 import torch
 
@@ -17,4 +20,4 @@ def get_inputs():
     return (torch.randn(8),)
 
 tags = {"python value", "eager watch"}
-expected = ("tensor_to_python", "error", "tensor_to_python.from_watch")
+expected = ("tensor_to_python", "warning", "tensor_to_python.from_watch")
