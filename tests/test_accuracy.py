@@ -4,7 +4,7 @@ precision; a metric or validation function that fails exits 2 and keeps what was
 import numpy as np
 import pytest
 import torch
-from conftest import read_report
+from helpers import read_report
 
 from dynexport.accuracy import label_agreement
 from dynexport.isolation import IN_PROCESS

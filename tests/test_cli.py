@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, read_report
+from helpers import REPO, read_report
 
 BAKED = """
 import torch

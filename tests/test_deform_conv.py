@@ -2,7 +2,6 @@
 (dynexport.to_onnx, dynexport.to_openvino, plain torch.onnx.export, plain
 openvino.convert_model), each against an independent float64 NumPy reference."""
 
-import time
 
 import numpy as np
 import onnx
@@ -457,10 +456,8 @@ def test_fcos3d_sized_layer_everywhere(tmp_path):
     offset = torch.randn(1, 18, 58, 100, generator=g) * 2
     mask = torch.rand(1, 9, 58, 100, generator=g)
     layer = FCOS3DLayer()
-    start = time.perf_counter()
     expected = vector_reference(x.numpy(), offset.numpy(), layer.weight.detach().numpy(),
                                 None, (1, 1), (1, 1), (1, 1), mask.numpy())
-    reference_seconds = time.perf_counter() - start
     inputs = (x, offset, mask)
     outputs = {"eager": layer(*inputs).detach().numpy()}
     program = dynexport.export(layer, inputs)
@@ -468,4 +465,3 @@ def test_fcos3d_sized_layer_everywhere(tmp_path):
     [outputs["openvino"]] = run_openvino(dynexport.to_openvino(program), inputs)
     for name, out in outputs.items():
         np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4, err_msg=name)
-    assert reference_seconds < 30

@@ -7,7 +7,7 @@ import sys
 
 import openvino as ov
 import pytest
-from conftest import REPO, read_report
+from helpers import REPO, read_report
 from rich.console import Console
 
 from dynexport import progress

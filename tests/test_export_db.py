@@ -4,7 +4,7 @@ example and on a probe (of another size where a dimension is dynamic); the ones 
 supported exit 1 with a hazard at the line that is the reason."""
 
 import pytest
-from conftest import REPO, read_report
+from helpers import REPO, read_report
 from torch._export.db.case import SupportLevel
 from torch._export.db.examples import all_examples
 

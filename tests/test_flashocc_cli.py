@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import pytest
-from conftest import read_report
+from helpers import read_report
 
 SCRIPT = Path(__file__).resolve().parent.parent / "examples" / "flashocc.py"
 

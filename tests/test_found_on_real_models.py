@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 import torch
-from conftest import REPO, read_report
+from helpers import REPO, read_report
 
 from dynexport.hazards.unsupported_op import fix_for
 from dynexport.isolation import NativeCrash, run_isolated

@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 from dynexport import pipeline
 from dynexport.hazards.find import RULES, find_hazards

@@ -220,7 +220,7 @@ def _line_in(path, text: str) -> int:
 
 
 def test_seed_patterns_all_reported_in_one_cli_run(cli, tmp_path):
-    from conftest import REPO, read_report
+    from helpers import REPO, read_report
 
     script = REPO / "examples" / "seed_patterns.py"
     code, _, _ = cli("--out", tmp_path, script)
@@ -237,7 +237,7 @@ def test_seed_patterns_all_reported_in_one_cli_run(cli, tmp_path):
 
 
 def test_seed_patterns_rewrite_converts_cleanly(cli, tmp_path):
-    from conftest import REPO, read_report
+    from helpers import REPO, read_report
 
     code, _, _ = cli("--out", tmp_path, REPO / "examples" / "seed_patterns.py", "--fixed")
     assert code == 0

@@ -13,7 +13,7 @@ import numpy as np
 import openvino as ov
 import pytest
 import torch
-from conftest import read_report
+from helpers import read_report
 
 from dynexport import precision as precision_module
 from dynexport.inputs import normalize_inputs

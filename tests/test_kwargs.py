@@ -3,7 +3,7 @@ convert and verify on every backend; the OpenVINO model has one Parameter per te
 static rank, named as in the program."""
 
 import openvino as ov
-from conftest import read_report
+from helpers import read_report
 
 BEVDET_LIKE = '''
 import torch

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import read_report
+from helpers import read_report
 
 mmdet3d = pytest.importorskip(
     "mmdet3d", reason="the mmdet3d extra is not installed in this environment; see README, "

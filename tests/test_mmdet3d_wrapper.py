@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import read_report
+from helpers import read_report
 
 import dynexport
 from dynexport.hazards.location import innermost_user_frame

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import read_report
+from helpers import read_report
 from PIL import Image
 from test_accuracy import ACCURACY, CLASSIFIER, validation_labels
 

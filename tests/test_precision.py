@@ -5,7 +5,7 @@ import numpy as np
 import openvino as ov
 import openvino.opset15 as ops
 import pytest
-from conftest import read_report
+from helpers import read_report
 
 from dynexport.precision import index_math_layers
 

@@ -6,7 +6,7 @@ import itertools
 import jsonschema
 import pytest
 import torch
-from conftest import SCHEMA
+from helpers import SCHEMA
 
 import dynexport
 from dynexport.benchmark import BenchmarkRecord

@@ -9,7 +9,7 @@ from pathlib import Path
 import onnx
 import openvino as ov
 import pytest
-from conftest import read_report
+from helpers import read_report
 from test_precision import SCRIPT
 
 from dynexport.serving import TRITON_TYPES, model_name

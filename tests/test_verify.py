@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import read_report
+from helpers import read_report
 
 from dynexport.inputs import Inputs, flatten_outputs
 from dynexport.tolerance import Tolerance, parse_tolerances

@@ -8,7 +8,7 @@ update). benchmarks/coverage.py compares the same scripts with the raw tools."""
 from pathlib import Path
 
 import pytest
-from conftest import REPO, read_report
+from helpers import REPO, read_report
 
 pytest.importorskip("transformers")
 
