@@ -13,8 +13,7 @@ import torch
 
 from dynexport import progress
 from dynexport.conversion import converted_models, program_signature
-from dynexport.eager import eager_call
-from dynexport.inputs import Inputs, Signature
+from dynexport.inputs import Inputs, Signature, eager_call
 from dynexport.isolation import ISOLATED, ChildLost, Isolation, run_isolated
 from dynexport.names import BACKENDS
 from dynexport.precision import PrecisionResult, variant_ir

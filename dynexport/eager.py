@@ -12,7 +12,6 @@ pixels apart), which verification against multi-threaded runtimes then reports."
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -23,16 +22,10 @@ from dynexport import progress
 from dynexport.errors import summary
 from dynexport.hazards.conversions import Conversion, Unwatched, watch_conversions
 from dynexport.hazards.location import location_from_exception
-from dynexport.inputs import Inputs, flatten_outputs, make_probe
+from dynexport.inputs import Inputs, eager_call, flatten_outputs, make_probe
 from dynexport.names import InputKind
 from dynexport.script import Script
 from dynexport.stage import Run, Stage, StageFailed
-
-
-def eager_call(model: torch.nn.Module, method: str = "forward") -> Callable[[Inputs], Any]:
-    """The reference: the user's model, called on an Inputs the way the script says."""
-    function = getattr(model, method)
-    return lambda inputs: function(*inputs.args, **inputs.kwargs)
 
 
 @dataclass

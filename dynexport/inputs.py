@@ -3,6 +3,7 @@ probe (a second, different input) that catches values baked into the graph."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,6 +105,12 @@ def make_probe(example: Inputs, seed: int = 20261125) -> Inputs:
 
     args, kwargs = pytree.tree_map(perturb, (example.args, example.kwargs))
     return Inputs(args=args, kwargs=kwargs)
+
+
+def eager_call(model: torch.nn.Module, method: str = "forward") -> Callable[[Inputs], Any]:
+    """The reference: the user's model, called on an Inputs the way the script says."""
+    function = getattr(model, method)
+    return lambda inputs: function(*inputs.args, **inputs.kwargs)
 
 
 def flatten_outputs(outputs: Any) -> list[tuple[str, Any]]:

@@ -38,13 +38,12 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import math
 import os
 import re
 import statistics
 import tempfile
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -55,14 +54,15 @@ from torch.utils import _pytree as pytree
 
 from dynexport import progress
 from dynexport.capture import Capture
+from dynexport.compare import Differences, json_number, label_agreement, percent
 from dynexport.conversion import Converted, program_signature
 from dynexport.eager import EagerRun
 from dynexport.inputs import Inputs
 from dynexport.isolation import run_isolated
+from dynexport.measure import measure
 from dynexport.runtimes import DEFAULT_OPENVINO_CONFIG, OpenVINORunner, timings, to_numpy
 from dynexport.script import Script, ScriptError
 from dynexport.stage import Run, Stage, StageFailed
-from dynexport.verify import percent
 
 Precision = Literal["f32", "bf16", "f16", "int8", "fp16-weights", "auto"]
 PRECISIONS: tuple[Precision, ...] = ("f32", "bf16", "f16", "int8", "fp16-weights", "auto")
@@ -187,15 +187,16 @@ def index_math_layers(xml: str | os.PathLike) -> list[str]:
 # --- the precision stage -------------------------------------------------------------------------
 
 @dataclass
-class Comparison:
+class VariantComparison:
     """One output of the reduced-precision model against the f32 model on one input."""
 
     inputs: str
     output: str
     max_abs_diff: float
-    label_agreement: float | None  # labels (integers) or argmax over the last axis; else None
+    label_agreement: float | None  # compare.label_agreement: None for a float output not
+    # judged by its labels
 
-    COLUMNS = ("inputs", "output", "max abs diff", "label agreement")
+    COLUMNS = ("inputs", "output", "max abs diff", "labels agree")
 
     def cells(self) -> tuple[str, ...]:
         return (self.inputs, self.output, f"{self.max_abs_diff:.3g}",
@@ -247,13 +248,10 @@ class AccuracyControlResult:
                 + ("" if reached else ", not reached") + ")")
 
     def to_json(self) -> dict:
-        def number(value: float | None) -> float | None:  # JSON has no NaN
-            return value if value is not None and math.isfinite(value) else None
-
         return {"metric": self.metric, "max_drop": self.max_drop, "drop_type": "absolute",
-                "samples": self.samples, "metric_f32": number(self.metric_f32),
-                "metric_int8_before": number(self.metric_int8_before),
-                "metric_int8_after": number(self.metric_int8_after),
+                "samples": self.samples, "metric_f32": json_number(self.metric_f32),
+                "metric_int8_before": json_number(self.metric_int8_before),
+                "metric_int8_after": json_number(self.metric_int8_after),
                 "quantized_layers": self.quantized_layers,
                 "reverted": {"count": len(self.reverted), "layers": list(self.reverted)}}
 
@@ -301,7 +299,7 @@ class PrecisionResult:
     runs: int
     calibration_samples: int | None = None  # int8
     not_quantized: list[str] | None = None  # int8: the index math, left in f32
-    comparisons: list[Comparison] = field(default_factory=list)
+    comparisons: list[VariantComparison] = field(default_factory=list)
     # --precision auto: every candidate tried, and why this one was chosen
     candidates: list[Candidate] = field(default_factory=list)
     chosen_because: str | None = None
@@ -336,19 +334,20 @@ class PrecisionResult:
         if self.accuracy_control is not None:
             data["accuracy_control"] = self.accuracy_control.to_json()
         data["not_quantized"] = None if self.not_quantized is None else len(self.not_quantized)
-        for comparison in data["comparisons"]:  # JSON has no infinity (a NaN output)
-            if not math.isfinite(comparison["max_abs_diff"]):
-                comparison["max_abs_diff"] = None
+        for comparison in data["comparisons"]:
+            comparison["max_abs_diff"] = json_number(comparison["max_abs_diff"])
         return data
 
 
 def apply_precision(precision: Precision, f32_xml: str | os.PathLike, out_dir: str | os.PathLike,
                     inputs: dict[str, Inputs], calibration: Sequence[Inputs],
                     output_names: Sequence[str] | None = None, device: str = "CPU",
-                    runs: int = 5, control: AccuracyControl | None = None) -> PrecisionResult:
+                    runs: int = 5, control: AccuracyControl | None = None,
+                    labelled: Collection[str] = ()) -> PrecisionResult:
     """Produce `precision` from the f32 IR, time it and compare it with f32 on `inputs`.
     `calibration` feeds int8 quantisation; `control` (the script's validation data and
-    metric) makes it keep the layers that cost more than `control.max_drop` in float."""
+    metric) makes it keep the layers that cost more than `control.max_drop` in float.
+    `labelled`: the float outputs judged by their argmax labels (compare.label_agreement)."""
     if precision == "f32":
         raise ValueError("f32 is what verification pins; there is nothing to convert")
     f32_xml, out_dir = Path(f32_xml), Path(out_dir)
@@ -372,7 +371,7 @@ def apply_precision(precision: Precision, f32_xml: str | os.PathLike, out_dir: s
         feeds = to_numpy(values.tensors())
         expected, actual = reference.run(feeds), runner.run(feeds)
         names = output_names or [str(i) for i in range(len(expected))]
-        comparisons += [_compare(kind, name, a, b)
+        comparisons += [_compare(kind, name, a, b, name in labelled)
                         for name, a, b in zip(names, expected, actual, strict=True)]
     feeds = to_numpy(next(iter(inputs.values())).tensors())
     f32_ms = statistics.median(timings(lambda: reference.run(feeds), runs))
@@ -413,16 +412,11 @@ def f16_note(device: str, capabilities: list[str] | None, computed: str) -> str 
             "not an Intel GPU's or NPU's f16")
 
 
-def _compare(kind: str, name: str, expected: np.ndarray, actual: np.ndarray) -> Comparison:
+def _compare(kind: str, name: str, expected: np.ndarray, actual: np.ndarray,
+             by_argmax: bool) -> VariantComparison:
     expected, actual = np.asarray(expected), np.asarray(actual)
-    diff = np.abs(expected.astype(np.float64) - actual.astype(np.float64))
-    agreement = None
-    if expected.dtype.kind in "biu":
-        agreement = float((expected == actual).mean()) if expected.size else 1.0
-    elif expected.ndim >= 2 and expected.shape[-1] > 1:
-        agreement = float((expected.argmax(-1) == actual.argmax(-1)).mean())
-    return Comparison(kind, name, float(np.nan_to_num(diff, nan=np.inf).max(initial=0.0)),
-                      agreement)
+    return VariantComparison(kind, name, Differences.of(expected, actual).max_abs,
+                             label_agreement(expected, actual, by_argmax))
 
 
 def _type_name(value: str) -> str:
@@ -611,7 +605,8 @@ def _run(run: Run) -> PrecisionResult:
         return run_isolated(
             lambda: apply_precision(precision, f32.artifact, run.options.out_dir, inputs,
                                     calibration, names, run.options.device,
-                                    control=control if precision == "int8" else None),
+                                    control=control if precision == "int8" else None,
+                                    labelled=script.labelled_outputs()),
             f"--precision {precision}", run.options.isolation)
 
     if run.options.precision != "auto":
@@ -622,8 +617,6 @@ def _run(run: Run) -> PrecisionResult:
 def _choose(run: Run, script: Script, made) -> PrecisionResult:
     """--precision auto: the fastest candidate whose primary metric on the validation data
     stays within --accuracy-budget points of eager f32; f32 itself when none does."""
-    from dynexport.accuracy import measure
-
     if script.validation is None or script.metric is None:
         raise ScriptError(f"--precision auto chooses by accuracy, and {script.path} defines no "
                           "`get_validation_data()` and `metric(outputs, targets)`. Define both "

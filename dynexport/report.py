@@ -21,9 +21,9 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from dynexport.accuracy import Accuracy
 from dynexport.benchmark import BenchmarkRecord
 from dynexport.hazards.records import Handled, Hazard, UnsupportedOp, where
+from dynexport.measure import Accuracy
 from dynexport.precision import PrecisionResult
 from dynexport.serving import ServingRecord
 from dynexport.stage import StageRecord

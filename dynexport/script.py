@@ -59,6 +59,10 @@ class Script:
     # tolerances (optional): how verification judges named outputs
     tolerances: dict[str, Tolerance] = field(default_factory=dict)
 
+    def labelled_outputs(self) -> set[str]:
+        """The float outputs judged by their argmax labels (`tolerances`' argmax)."""
+        return {name for name, tolerance in self.tolerances.items() if tolerance.argmax}
+
 
 def load_script(path: str | os.PathLike, argv: list[str] | None = None) -> Script:
     """Import `path` with `argv` as its sys.argv[1:], call its functions, check what they give."""

@@ -6,8 +6,8 @@ import pytest
 import torch
 from helpers import read_report
 
-from dynexport.accuracy import label_agreement
 from dynexport.isolation import IN_PROCESS
+from dynexport.measure import label_agreement
 
 CLASSIFIER = """
 import torch
@@ -163,7 +163,7 @@ def test_precision_auto_picks_the_fastest_within_budget(cli, write_script, tmp_p
 def test_eager_runs_once_on_the_validation_data(monkeypatch, write_script):
     """--precision auto measures each candidate, and the accuracy stage the f32 models, against
     one eager reference: the model runs once per validation sample, not once per measurement."""
-    from dynexport import accuracy
+    from dynexport import measure as accuracy
     from dynexport.script import load_script
 
     script = load_script(write_script(CLASSIFIER.format(metric=ACCURACY)), [])

@@ -13,7 +13,7 @@ from helpers import read_report
 from PIL import Image
 from test_accuracy import ACCURACY, CLASSIFIER, validation_labels
 
-from dynexport.accuracy import Accuracy
+from dynexport.measure import Accuracy
 from dynexport.pipeline import execute, stages
 from dynexport.stage import Options, Run
 

@@ -11,7 +11,7 @@ from helpers import SCHEMA
 import dynexport
 from dynexport.benchmark import BenchmarkRecord
 from dynexport.hazards.records import Handled, Hazard, UnsupportedOp
-from dynexport.precision import Comparison, PrecisionResult
+from dynexport.precision import PrecisionResult, VariantComparison
 from dynexport.report import Report
 from dynexport.serving import ServingRecord
 from dynexport.stage import StageRecord
@@ -34,7 +34,7 @@ def _full_report() -> Report:
         benchmark=[BenchmarkRecord("eager", 12.5, 10, 11.0, 14.0)],
         precision=PrecisionResult("bf16", None, {"INFERENCE_PRECISION_HINT": "bf16"}, "bf16",
                                   10.0, 4.0, 2.5, 5,
-                                  comparisons=[Comparison("example", "logits", 0.01, 0.99)]),
+                                  comparisons=[VariantComparison("example", "logits", 0.01, 0.99)]),
         serving=[ServingRecord("ovms", "out/ovms", "out/ovms/model/1/model.xml")])
 
 
@@ -85,6 +85,6 @@ def test_explain_report_validates_against_the_schema():
 
 
 def test_a_disagreement_is_never_rounded_up_to_100_percent():
-    from dynexport.verify import percent
+    from dynexport.compare import percent
 
     assert percent(0.99998) == "99.998 %" and percent(1.0) == "100 %" and percent(None) == ""
