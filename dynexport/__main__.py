@@ -14,12 +14,10 @@ from dynexport.capture import CaptureError
 from dynexport.coverage import coverage_table
 from dynexport.errors import format_traceback
 from dynexport.isolation import DEFAULT_DEADLINE, Isolation
-from dynexport.names import BACKENDS
+from dynexport.names import BACKENDS, LAYOUTS, PRECISIONS
 from dynexport.pipeline import Options, run, script_coverage
-from dynexport.precision import PRECISIONS
 from dynexport.runtimes import missing_device
 from dynexport.script import ScriptError, load_script
-from dynexport.serving import LAYOUTS
 
 EXIT_OK, EXIT_FAILED, EXIT_UNUSABLE = 0, 1, 2
 

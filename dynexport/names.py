@@ -16,6 +16,10 @@ Severity = Literal["error", "warning"]
 Backend = Literal["onnx", "openvino"]
 RuntimeName = Literal["onnxruntime", "openvino"]
 InputKind = Literal["example", "probe"]
+# What the precision stage ships (report `precision.precision`); --precision also takes auto.
+ShippedPrecision = Literal["f32", "bf16", "f16", "int8", "fp16-weights"]
+Precision = Literal[ShippedPrecision, "auto"]
+Layout = Literal["ovms", "triton"]
 
 STAGE_NAMES: tuple[StageName, ...] = get_args(StageName)
 STAGE_STATUSES: tuple[StageStatus, ...] = get_args(StageStatus)
@@ -25,3 +29,6 @@ SEVERITIES: tuple[Severity, ...] = get_args(Severity)
 BACKENDS: tuple[Backend, ...] = get_args(Backend)
 RUNTIMES: tuple[RuntimeName, ...] = get_args(RuntimeName)
 INPUT_KINDS: tuple[InputKind, ...] = get_args(InputKind)
+SHIPPED_PRECISIONS: tuple[ShippedPrecision, ...] = get_args(ShippedPrecision)
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
+LAYOUTS: tuple[Layout, ...] = get_args(Layout)

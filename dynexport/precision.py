@@ -46,7 +46,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,12 +60,11 @@ from dynexport.eager import EagerRun
 from dynexport.inputs import Inputs
 from dynexport.isolation import run_isolated
 from dynexport.measure import measure
+from dynexport.names import Precision
 from dynexport.runtimes import DEFAULT_OPENVINO_CONFIG, OpenVINORunner, timings, to_numpy
 from dynexport.script import Script, ScriptError
 from dynexport.stage import Run, Stage, StageFailed
 
-Precision = Literal["f32", "bf16", "f16", "int8", "fp16-weights", "auto"]
-PRECISIONS: tuple[Precision, ...] = ("f32", "bf16", "f16", "int8", "fp16-weights", "auto")
 # What --precision auto tries, besides f32 (the fastest within the accuracy budget wins).
 AUTO_CANDIDATES: tuple[Precision, ...] = ("bf16", "f16", "int8")
 

@@ -19,15 +19,12 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from dynexport.conversion import Converted
+from dynexport.names import Layout
 from dynexport.precision import PrecisionResult, variant_ir
 from dynexport.runtimes import DEFAULT_OPENVINO_CONFIG
 from dynexport.stage import Run, Stage, StageFailed
-
-Layout = Literal["ovms", "triton"]
-LAYOUTS: tuple[Layout, ...] = ("ovms", "triton")
 
 # ONNX TensorProto element types → Triton's model_config.proto DataType names.
 TRITON_TYPES = {

@@ -29,6 +29,9 @@ def test_schema_enums_are_the_code_vocabularies():
     assert _enum("verification", "items", "properties", "runtime") == list(names.RUNTIMES)
     assert _enum("verification", "items", "properties", "inputs") == list(names.INPUT_KINDS)
     assert _enum("benchmark", "items", "properties", "runtime") == ["eager", *names.RUNTIMES]
+    assert _enum("precision", "properties", "precision") == list(names.SHIPPED_PRECISIONS)
+    assert _enum("serving", "items", "properties", "layout") == list(names.LAYOUTS)
+    assert names.PRECISIONS == (*names.SHIPPED_PRECISIONS, "auto")
 
 
 def test_pipeline_stages_use_the_vocabulary_in_order():
