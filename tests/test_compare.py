@@ -8,7 +8,7 @@ import torch
 
 from dynexport.compare import Differences, LabelCount, json_number, label_agreement, percent
 from dynexport.measure import label_agreement as pooled_agreement
-from dynexport.precision import _compare as variant_comparison
+from dynexport.precision.variants import _compare as variant_comparison
 from dynexport.tolerance import Tolerance
 from dynexport.verify import Comparison
 

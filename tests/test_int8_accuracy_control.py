@@ -15,9 +15,10 @@ import pytest
 import torch
 from helpers import read_report
 
-from dynexport import precision as precision_module
 from dynexport.inputs import normalize_inputs
-from dynexport.precision import _nncf_log, apply_precision
+from dynexport.precision import apply_precision
+from dynexport.precision import variants as precision_variants
+from dynexport.precision.quantize import _nncf_log
 
 SCRIPT = """
 import numpy as np
@@ -231,7 +232,7 @@ def _f16(path, tmp_path):
 
 
 def test_f16_without_f16_arithmetic_says_so(small_ir, tmp_path, monkeypatch):
-    monkeypatch.setattr(precision_module, "device_capabilities", lambda device: ["FP32", "BF16"])
+    monkeypatch.setattr(precision_variants, "device_capabilities", lambda device: ["FP32", "BF16"])
     result = _f16(small_ir, tmp_path)
     assert result.note == (
         "this CPU has no f16 arithmetic (OPTIMIZATION_CAPABILITIES: FP32, BF16): OpenVINO "
@@ -241,7 +242,7 @@ def test_f16_without_f16_arithmetic_says_so(small_ir, tmp_path, monkeypatch):
 
 
 def test_f16_with_f16_arithmetic_has_no_note(small_ir, tmp_path, monkeypatch):
-    monkeypatch.setattr(precision_module, "device_capabilities", lambda device: ["FP32", "FP16"])
+    monkeypatch.setattr(precision_variants, "device_capabilities", lambda device: ["FP32", "FP16"])
     result = _f16(small_ir, tmp_path)
     assert result.note is None and "note" not in result.to_json()
     assert result.openvino_config == {"INFERENCE_PRECISION_HINT": "f16"}
