@@ -12,14 +12,9 @@ from typing import Literal
 import torch
 
 from dynexport import progress
-from dynexport.conversion import converted_models, program_signature
-from dynexport.inputs import Inputs, Signature, eager_call
+from dynexport.inputs import Inputs, Signature
 from dynexport.isolation import ISOLATED, ChildLost, Isolation, run_isolated
-from dynexport.names import BACKENDS
-from dynexport.precision import PrecisionResult, variant_ir
 from dynexport.runtimes import open_runner, timings, to_numpy
-from dynexport.script import Script
-from dynexport.stage import Run, Stage
 
 
 @dataclass
@@ -79,26 +74,3 @@ def time_artifact(runtime: str, artifact: str | Path, inputs: Inputs, device: st
         return run_isolated(measure, f"{runtime} on {Path(artifact).name}", isolation)
     except ChildLost as lost:
         return BenchmarkRecord(runtime, 0.0, 0, precision=precision, error=str(lost))
-
-
-def _run(run: Run) -> list[BenchmarkRecord]:
-    """Eager and every converted model (and the --precision variant) on the example."""
-    script = run.result("load", Script)
-    options = run.options
-    records = [time_eager(eager_call(script.model, script.method), script.example)]
-    signature = program_signature(run)
-    records += [time_artifact(runtime, artifact, script.example, options.device,
-                              isolation=options.isolation, signature=signature)
-                for runtime, artifact in converted_models(run)]
-    variant = run.result("precision", PrecisionResult)
-    if variant is not None:
-        records.append(time_artifact("openvino", variant_ir(run, variant), script.example,
-                                     options.device, variant.openvino_config,
-                                     variant.precision, isolation=options.isolation,
-                                     signature=signature))
-    return records
-
-
-BENCHMARK_STAGE = Stage("benchmark", _run, needs=("load",), needs_any=BACKENDS,
-                        requested=lambda run: run.options.device_missing if run.options.bench
-                        else "")

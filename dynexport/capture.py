@@ -20,8 +20,6 @@ from dynexport.errors import one_line
 from dynexport.inputs import Inputs
 from dynexport.names import STRATEGIES, Strategy
 from dynexport.quiet import quiet_torch
-from dynexport.script import Script
-from dynexport.stage import Run, Stage
 
 
 @dataclass
@@ -149,12 +147,3 @@ def _draft(module, args, kwargs, dynamic_shapes) -> ExportedProgram:
 
 
 _EXPORTERS = {"strict": _strict, "non_strict": _non_strict, "draft": _draft}
-
-
-def _run(run: Run) -> Capture:
-    script = run.result("load", Script)
-    dynamic_shapes = None if run.options.static else script.dynamic_shapes
-    return capture(script.model, script.example, dynamic_shapes, script.method)
-
-
-CAPTURE_STAGE = Stage("capture", _run, needs=("load",))

@@ -11,25 +11,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from torch.export import ExportedProgram
 
 from dynexport import progress
 from dynexport.backends.onnx import to_onnx
 from dynexport.backends.openvino import save_openvino, to_openvino, unused_inputs
-from dynexport.capture import Capture
 from dynexport.coverage import op_name, translate_backend_error, unsupported_ops
-from dynexport.decompositions import decompose, decomposition_table
+from dynexport.decompositions import decomposition_table
 from dynexport.decompositions.map_unroll import static_maps
 from dynexport.errors import one_line, summary
 from dynexport.hazards.location import location_from_stack_trace
 from dynexport.hazards.records import SourceLocation, UnsupportedOp
 from dynexport.inputs import Signature
-from dynexport.isolation import start_isolated
 from dynexport.names import Backend, RuntimeName
 from dynexport.quiet import quiet_torch
-from dynexport.script import Script
-from dynexport.stage import Run, Stage, StageFailed, Started
+from dynexport.stage import Run, StageFailed
 
 
 @dataclass
@@ -85,22 +81,6 @@ def replaced_ops(program: ExportedProgram) -> list[tuple[str, SourceLocation | N
             if node.op == "call_function" and (node.target in table or node in maps)]
 
 
-def _decompose(run: Run) -> Decomposed:
-    captured = run.result("capture", Capture)
-    with quiet_torch():
-        progress.step("decompositions")
-        program = decompose(captured.program)
-        progress.step("saving exported.pt2")
-        path = run.options.out_dir / "exported.pt2"
-        try:
-            torch.export.save(program, path)
-        except Exception as exc:  # the conversions need the program, not the file
-            path.unlink(missing_ok=True)
-            return Decomposed(program, None, replaced_ops(captured.program),
-                              unsaved=one_line(exc, 300))
-    return Decomposed(program, str(path), replaced_ops(captured.program))
-
-
 def convert(program: ExportedProgram, backend: Backend, out_dir: Path,
             static_shapes: list[tuple[int, ...]] | None = None) -> Converted:
     """Convert `program` for `backend` into `out_dir`; a failure raises StageFailed naming the
@@ -135,21 +115,3 @@ def convert(program: ExportedProgram, backend: Backend, out_dir: Path,
         raise StageFailed(f"{backend} cannot lower {names} (see unsupported_ops); "
                           f"{one_line(exc, 200)}",
                           ConversionFailure(backend, list(found), notes)) from exc
-
-
-def _conversion_stage(backend: Backend) -> Stage:
-    def start_stage(run: Run) -> Started:
-        program = run.result("decompose", Decomposed).program
-        static = [tuple(t.shape) for t in run.result("load", Script).example.tensors()] \
-            if run.options.static else None
-        return start_isolated(lambda: convert(program, backend, run.options.out_dir, static),
-                              f"the {backend} conversion", run.options.isolation, backend)
-
-    return Stage(backend, lambda run: start_stage(run).result(), needs=("decompose",),
-                 requested=lambda run: None if backend in run.options.targets else "",
-                 start=start_stage)
-
-
-DECOMPOSE_STAGE = Stage("decompose", _decompose, needs=("capture",))
-ONNX_STAGE = _conversion_stage("onnx")
-OPENVINO_STAGE = _conversion_stage("openvino")

@@ -12,7 +12,7 @@ pixels apart), which verification against multi-threaded runtimes then reports."
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -22,10 +22,9 @@ from dynexport import progress
 from dynexport.errors import summary
 from dynexport.hazards.conversions import Conversion, Unwatched, watch_conversions
 from dynexport.hazards.location import location_from_exception
-from dynexport.inputs import Inputs, eager_call, flatten_outputs, make_probe
+from dynexport.inputs import Inputs, eager_call, flatten_outputs
 from dynexport.names import InputKind
-from dynexport.script import Script
-from dynexport.stage import Run, Stage, StageFailed
+from dynexport.stage import StageFailed
 
 
 @dataclass
@@ -73,26 +72,3 @@ def copied(inputs: Inputs) -> Inputs:
         lambda leaf: leaf.clone() if isinstance(leaf, torch.Tensor) else leaf,
         (inputs.args, inputs.kwargs))
     return Inputs(args=tuple(args), kwargs=dict(kwargs))
-
-
-def _run_inputs(run: Run) -> dict[InputKind, Inputs]:
-    """The example and the probe of this run. Under --static a probe of other sizes cannot run
-    on the fixed-size models: a generated probe of the example's sizes replaces it."""
-    script = run.result("load", Script)
-    probe = script.probe
-    if run.options.static and [t.shape for t in probe.tensors()] != [
-            t.shape for t in script.example.tensors()]:
-        probe = make_probe(script.example)
-    return {"example": script.example, "probe": probe}
-
-
-def _run(run: Run) -> EagerRun:
-    """Eager on both inputs; with --no-verify on the example alone, since only verification
-    compares with eager's outputs on the probe (a FlashOcc M0 frame is 4-8 s of CPU)."""
-    script = run.result("load", Script)
-    inputs = _run_inputs(run)
-    run_on = inputs if run.options.verify else {"example": inputs["example"]}
-    return replace(run_eager(script.model, run_on, script.method), inputs=inputs)
-
-
-EAGER_STAGE = Stage("eager", _run, needs=("load",))

@@ -13,31 +13,32 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from dynexport.accuracy import ACCURACY_STAGE, Accuracy
-from dynexport.benchmark import BENCHMARK_STAGE, BenchmarkRecord
-from dynexport.capture import CAPTURE_STAGE, Capture
-from dynexport.conversion import (
-    DECOMPOSE_STAGE,
-    ONNX_STAGE,
-    OPENVINO_STAGE,
-    ConversionFailure,
-    Converted,
-    Decomposed,
-)
+from dynexport.benchmark import BenchmarkRecord
+from dynexport.capture import Capture
+from dynexport.conversion import ConversionFailure, Converted, Decomposed
 from dynexport.coverage import OpCoverage, op_coverage, unsupported_ops
-from dynexport.eager import EAGER_STAGE, EagerRun
+from dynexport.eager import EagerRun
 from dynexport.errors import format_traceback, summary
 from dynexport.hazards.evidence import Evidence
 from dynexport.hazards.find import find_hazards
 from dynexport.hazards.handled import find_handled
+from dynexport.measure import Accuracy
 from dynexport.names import BACKENDS
-from dynexport.precision import PRECISION_STAGE, PrecisionResult
+from dynexport.precision import PrecisionResult
 from dynexport.quiet import quiet_torch
 from dynexport.report import Report
-from dynexport.script import Script, ScriptError, ScriptLoader, load_script, load_stage
-from dynexport.serving import SERVING_STAGE, Served
+from dynexport.script import Script, ScriptError, ScriptLoader, load_script
+from dynexport.serving import Served
 from dynexport.stage import Options, Run, Stage, StageFailed, StageRecord, Started
-from dynexport.verify import VERIFY_STAGE
+from dynexport.stages.accuracy import ACCURACY_STAGE
+from dynexport.stages.benchmark import BENCHMARK_STAGE
+from dynexport.stages.capture import CAPTURE_STAGE
+from dynexport.stages.conversion import DECOMPOSE_STAGE, ONNX_STAGE, OPENVINO_STAGE
+from dynexport.stages.eager import EAGER_STAGE
+from dynexport.stages.load import load_stage
+from dynexport.stages.precision import PRECISION_STAGE
+from dynexport.stages.serving import SERVING_STAGE
+from dynexport.stages.verify import VERIFY_STAGE
 
 __all__ = ["Options", "StageObserver", "run", "script_coverage", "stages"]
 

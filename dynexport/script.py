@@ -22,7 +22,6 @@ from torch.utils import _pytree as pytree
 from dynexport.errors import where_raised
 from dynexport.hazards.records import Hazard
 from dynexport.inputs import Inputs, InputStructureError, make_probe, normalize_inputs
-from dynexport.stage import Stage
 from dynexport.tolerance import Tolerance, parse_tolerances
 
 _SCRIPT_HELP = ("A dynexport script defines `get_model()` returning a torch.nn.Module and "
@@ -285,9 +284,3 @@ def _summary(exc: BaseException) -> str:
 
 
 ScriptLoader = Callable[[str | os.PathLike, list[str]], Script]
-
-
-def load_stage(loader: ScriptLoader = load_script) -> Stage:
-    """The load stage: `loader` turns the script's path and arguments into a Script (a
-    SCRIPT.py by default; an integration may read a config instead)."""
-    return Stage("load", lambda run: loader(run.script_path, run.script_args))

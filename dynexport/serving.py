@@ -20,11 +20,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dynexport.conversion import Converted
 from dynexport.names import Layout
-from dynexport.precision import PrecisionResult, variant_ir
-from dynexport.runtimes import DEFAULT_OPENVINO_CONFIG
-from dynexport.stage import Run, Stage, StageFailed
 
 # ONNX TensorProto element types → Triton's model_config.proto DataType names.
 TRITON_TYPES = {
@@ -133,29 +129,3 @@ def _fresh(folder: Path) -> None:
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-
-
-def _run(run: Run) -> Served:
-    """The --layout repositories, from the artifacts that verification (and --precision)
-    measured: OVMS gets the --precision IR and its compile config."""
-    name = model_name(Path(run.script_path).stem)
-    out = run.options.out_dir
-    served = Served()
-    for layout in run.options.layouts:
-        needed = "openvino" if layout == "ovms" else "onnx"
-        converted = run.result(needed, Converted)
-        if converted is None:
-            raise StageFailed(f"--layout {layout} needs the {needed} target (--to {needed}), "
-                              "which was not converted")
-        if layout == "ovms":
-            precision = run.result("precision", PrecisionResult)
-            xml = variant_ir(run, precision) if precision else converted.artifact
-            config = precision.openvino_config if precision else DEFAULT_OPENVINO_CONFIG
-            served.records.append(write_ovms(xml, out / "ovms", name, config))
-        else:
-            served.records.append(write_triton(converted.artifact, out / "triton", name))
-    return served
-
-
-SERVING_STAGE = Stage("serving", _run,
-                      requested=lambda run: None if run.options.layouts else "")

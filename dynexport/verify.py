@@ -15,15 +15,11 @@ import numpy as np
 
 from dynexport import progress
 from dynexport.compare import Differences, as_array, json_number, label_agreement, percent
-from dynexport.conversion import converted_models, program_signature
-from dynexport.eager import EagerRun
 from dynexport.errors import summary
 from dynexport.inputs import Inputs, Signature
 from dynexport.isolation import ISOLATED, ChildLost, Isolation, run_isolated
-from dynexport.names import BACKENDS, InputKind, RuntimeName
+from dynexport.names import InputKind, RuntimeName
 from dynexport.runtimes import Runner, open_runner, to_numpy
-from dynexport.script import Script, ScriptError
-from dynexport.stage import Run, Stage
 from dynexport.tolerance import DEFAULT_TOLERANCE, Tolerance
 
 # (rtol, atol as a fraction of the output's largest magnitude) per reference dtype. float64 gets
@@ -225,26 +221,3 @@ def _failed_everywhere(runtime: RuntimeName, expected: dict[InputKind, list[tupl
                        inputs: dict[InputKind, Inputs], error: str) -> list[Verification]:
     return [record for kind in inputs
             for record in failed_records(runtime, kind, expected[kind], error)]
-
-
-def _run(run: Run) -> list[Verification]:
-    eager, script = run.result("eager", EagerRun), run.result("load", Script)
-    tolerances = script.tolerances
-    unknown = sorted(set(tolerances) - set(eager.output_names()))
-    if unknown:
-        raise ScriptError(
-            f"`tolerances` in {script.path} names {', '.join(map(repr, unknown))}, which the "
-            f"model does not return (its outputs: {', '.join(eager.output_names())}). Use the "
-            "output names of the report's verification table.")
-    return [record for runtime, artifact in converted_models(run)
-            for record in verify_artifact(runtime, Path(artifact), run.options.device,
-                                          eager.outputs, eager.inputs, run.options.isolation,
-                                          tolerances, program_signature(run))]
-
-
-def _requested(run: Run) -> str | None:
-    return "--no-verify" if not run.options.verify else run.options.device_missing
-
-
-VERIFY_STAGE = Stage("verify", _run, needs=("eager",), needs_any=BACKENDS,
-                     requested=_requested)

@@ -106,11 +106,11 @@ def test_attribute_reads_of_a_masked_tensor_are_not_branches_on_its_length():
 
 def test_a_mistake_in_dynexports_own_code_is_reported_as_a_dynexport_bug(cli, tmp_path,
                                                                          monkeypatch):
-    import dynexport.capture
+    import dynexport.stages.capture
 
     # A capture that returns something else than a Capture: decompose then trips inside
     # dynexport's own code (conversion.py), which must be called a dynexport bug.
-    monkeypatch.setattr(dynexport.capture, "capture", lambda *args, **kwargs: object())
+    monkeypatch.setattr(dynexport.stages.capture, "capture", lambda *args, **kwargs: object())
     out = tmp_path / "out"
     code, _, _ = cli("--out", out, "--debug", REPO / "examples" / "convnet.py")
     assert code == 1

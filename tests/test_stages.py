@@ -1,10 +1,11 @@
 """How the pipeline runs its stages: a started stage runs on beside the next ones until its
 result is read; what the eager stage runs on."""
 
-from dynexport.eager import EAGER_STAGE, EagerRun
+from dynexport.eager import EagerRun
 from dynexport.pipeline import execute
 from dynexport.script import load_script
 from dynexport.stage import Options, Run, Stage
+from dynexport.stages.eager import EAGER_STAGE
 
 
 class _Later:

@@ -42,10 +42,14 @@ from dynexport.precision.records import (
     PrecisionResult,
     VariantComparison,
 )
-from dynexport.precision.stage import AUTO_CANDIDATES, PRECISION_STAGE, variant_ir
-from dynexport.precision.variants import apply_precision, device_capabilities, f16_note
+from dynexport.precision.variants import (
+    apply_precision,
+    device_capabilities,
+    f16_note,
+    variant_ir,
+)
 
-__all__ = ["AUTO_CANDIDATES", "PRECISION_STAGE", "AccuracyControl", "AccuracyControlResult",
+__all__ = ["AccuracyControl", "AccuracyControlResult",
            "Candidate", "PrecisionError", "PrecisionResult", "VariantComparison",
            "apply_precision", "device_capabilities", "f16_note", "index_math_layers",
            "variant_ir"]

@@ -11,12 +11,14 @@ from pathlib import Path
 import numpy as np
 
 from dynexport.compare import Differences, label_agreement
+from dynexport.conversion import Converted
 from dynexport.inputs import Inputs
 from dynexport.names import Precision
 from dynexport.precision.index_math import index_math_layers
 from dynexport.precision.quantize import quantize_ir
 from dynexport.precision.records import AccuracyControl, PrecisionResult, VariantComparison
 from dynexport.runtimes import DEFAULT_OPENVINO_CONFIG, OpenVINORunner, timings, to_numpy
+from dynexport.stage import Run
 
 
 def apply_precision(precision: Precision, f32_xml: str | os.PathLike, out_dir: str | os.PathLike,
@@ -115,3 +117,8 @@ def _compress_weights(f32_xml: Path, target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(ov.Core().read_model(f32_xml), target, compress_to_fp16=True)
     return target
+
+
+def variant_ir(run: Run, result: PrecisionResult) -> str:
+    """The IR `result` runs: its own (int8, fp16-weights), or the f32 IR with its hint."""
+    return result.artifact or run.result("openvino", Converted).artifact

@@ -1,5 +1,5 @@
-"""The precision stage: one `--precision` variant, or `--precision auto`'s choice among
-AUTO_CANDIDATES by the script's metric."""
+"""Precision stage (--precision): one variant, or --precision auto's choice among
+AUTO_CANDIDATES by the script's metric (dynexport/precision/ makes and measures them)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from dynexport.isolation import run_isolated
 from dynexport.measure import measure
 from dynexport.names import Precision
 from dynexport.precision.records import AccuracyControl, Candidate, PrecisionError, PrecisionResult
-from dynexport.precision.variants import apply_precision
+from dynexport.precision.variants import apply_precision, variant_ir
 from dynexport.runtimes import DEFAULT_OPENVINO_CONFIG
 from dynexport.script import Script, ScriptError
 from dynexport.stage import Run, Stage, StageFailed
@@ -18,11 +18,6 @@ from dynexport.stage import Run, Stage, StageFailed
 # What --precision auto tries, besides f32 (the fastest within the accuracy budget wins).
 AUTO_CANDIDATES: tuple[Precision, ...] = ("bf16", "f16", "int8")
 
-
-
-def variant_ir(run: Run, result: PrecisionResult) -> str:
-    """The IR `result` runs: its own (int8, fp16-weights), or the f32 IR with its hint."""
-    return result.artifact or run.result("openvino", Converted).artifact
 
 
 def _run(run: Run) -> PrecisionResult:
