@@ -3,10 +3,14 @@
 import numpy as np
 import onnxruntime as ort
 import openvino as ov
+import pytest
 import torch
 
 import dynexport
 from dynexport.runtimes import DEFAULT_OPENVINO_CONFIG
+
+# Converts models through both exporters (seconds a test): `pytest -m "not slow"` skips it.
+pytestmark = pytest.mark.slow
 
 
 class Net(torch.nn.Module):

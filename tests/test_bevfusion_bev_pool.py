@@ -15,6 +15,9 @@ import torch
 import dynexport
 from dynexport.custom_ops.bevfusion_bev_pool import bev_pool
 
+# Converts models through both exporters (seconds a test): `pytest -m "not slow"` skips it.
+pytestmark = pytest.mark.slow
+
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}
 OP = torch.ops.dynexport.bevfusion_bev_pool.default
 

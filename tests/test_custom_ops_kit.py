@@ -18,6 +18,9 @@ from dynexport.coverage import unsupported_ops
 from dynexport.custom_ops import registry
 from dynexport.hazards.unsupported_op import unsupported_op_hazard
 
+# Converts models through both exporters (seconds a test): `pytest -m "not slow"` skips it.
+pytestmark = pytest.mark.slow
+
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}
 CALLS: Counter = Counter()  # which translation each conversion used
 # This file's registry: the built-in ops (its parent) plus the test ops registered below.

@@ -12,6 +12,9 @@ import dynexport
 from dynexport.decompositions import decompose, decomposition_table, program_ops
 from dynexport.decompositions.inverse import det, inverse, linalg_inv_ex, linalg_solve
 
+# Converts models through both exporters (seconds a test): `pytest -m "not slow"` skips it.
+pytestmark = pytest.mark.slow
+
 SIZES = (2, 3, 4, 6)
 EPS = {np.float32: np.finfo(np.float32).eps, np.float64: np.finfo(np.float64).eps}
 # Ill-conditioned but invertible: cond * eps stays well below 1.

@@ -14,6 +14,9 @@ import torch.nn.functional as F
 import dynexport
 from dynexport.custom_ops.deform_conv import deform_conv2d
 
+# Converts models through both exporters (seconds a test): `pytest -m "not slow"` skips it.
+pytestmark = pytest.mark.slow
+
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}
 
 

@@ -13,6 +13,9 @@ from rich.console import Console
 from dynexport import progress
 from dynexport.console import StageProgress
 
+# Converts models through both exporters (seconds a test): `pytest -m "not slow"` skips it.
+pytestmark = pytest.mark.slow
+
 
 def _static(shape) -> bool:
     return shape.is_static

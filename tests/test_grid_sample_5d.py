@@ -18,6 +18,9 @@ import dynexport
 from dynexport.decompositions import decomposition_table
 from dynexport.decompositions.grid_sample import grid_sampler_3d
 
+# Converts models through both exporters (seconds a test): `pytest -m "not slow"` skips it.
+pytestmark = pytest.mark.slow
+
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}
 onnx_models = shared.onnx_models  # the fixture, on this module's `program`
 MODES = list(itertools.product(["bilinear", "nearest"], ["zeros", "border"], [False, True]))

@@ -17,6 +17,9 @@ import torch
 import dynexport
 from dynexport.custom_ops.ms_deform_attn import _decomposition, multi_scale_deformable_attn
 
+# Converts models through both exporters (seconds a test): `pytest -m "not slow"` skips it.
+pytestmark = pytest.mark.slow
+
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}
 OP = torch.ops.dynexport.multi_scale_deformable_attn.default
 

@@ -14,6 +14,9 @@ import torch
 import dynexport
 from dynexport.custom_ops.nms import batched_nms, nms
 
+# Converts models through both exporters (seconds a test): `pytest -m "not slow"` skips it.
+pytestmark = pytest.mark.slow
+
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}
 
 

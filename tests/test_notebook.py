@@ -4,6 +4,10 @@ from pathlib import Path
 
 import nbclient
 import nbformat
+import pytest
+
+# Converts models through both exporters (seconds a test): `pytest -m "not slow"` skips it.
+pytestmark = pytest.mark.slow
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 

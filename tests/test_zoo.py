@@ -14,6 +14,9 @@ pytest.importorskip("transformers")
 
 from dynexport.pipeline import Options, run  # noqa: E402
 
+# Converts models through both exporters (seconds a test): `pytest -m "not slow"` skips it.
+pytestmark = pytest.mark.slow
+
 ZOO = REPO / "examples" / "zoo"
 SCRIPTS = sorted(path.stem for path in ZOO.glob("*.py") if not path.stem.startswith("_"))
 # dynexport's own defects on a zoo model that converts and verifies with the raw tools:
