@@ -8,6 +8,7 @@ ignores (its weights are zero) but int8 activation quantisation does not: with a
 layer stays in float. The references are NumPy (the same weights, the same labels)."""
 
 import logging
+import sys
 
 import numpy as np
 import openvino as ov
@@ -201,14 +202,23 @@ def test_nncf_log_is_collected_not_printed(capfd):
     nncf.set_log_level(logging.INFO)  # NNCF's default: INFO to stdout
     logger = logging.getLogger("nncf")
     handlers = list(logger.handlers)
-    with _nncf_log() as messages:
-        logger.info("Metric of initial model: 1.5")
-    assert messages == ["Metric of initial model: 1.5"]
-    out, err = capfd.readouterr()
-    assert "Metric of initial model" not in out + err
-    assert logger.handlers == handlers  # NNCF's own handler back in place
-    logger.info("shown again")
-    assert "shown again" in capfd.readouterr().out
+    # NNCF's handler keeps the stdout of when nncf was imported: this test's, so that the suite
+    # can run again in the same process (an earlier session's capture is closed by then).
+    streams = [(h, h.stream) for h in handlers if isinstance(h, logging.StreamHandler)]
+    for handler, _ in streams:
+        handler.setStream(sys.stdout)
+    try:
+        with _nncf_log() as messages:
+            logger.info("Metric of initial model: 1.5")
+        assert messages == ["Metric of initial model: 1.5"]
+        out, err = capfd.readouterr()
+        assert "Metric of initial model" not in out + err
+        assert logger.handlers == handlers  # NNCF's own handler back in place
+        logger.info("shown again")
+        assert "shown again" in capfd.readouterr().out
+    finally:
+        for handler, stream in streams:
+            handler.setStream(stream)
 
 
 # --- f16: what the device really computes --------------------------------------------------
