@@ -204,9 +204,10 @@ def test_nncf_log_is_collected_not_printed(capfd):
     handlers = list(logger.handlers)
     # NNCF's handler keeps the stdout of when nncf was imported: this test's, so that the suite
     # can run again in the same process (an earlier session's capture is closed by then).
+    # Assigned, not setStream(): that flushes the old stream, which may be closed.
     streams = [(h, h.stream) for h in handlers if isinstance(h, logging.StreamHandler)]
     for handler, _ in streams:
-        handler.setStream(sys.stdout)
+        handler.stream = sys.stdout
     try:
         with _nncf_log() as messages:
             logger.info("Metric of initial model: 1.5")
@@ -218,7 +219,7 @@ def test_nncf_log_is_collected_not_printed(capfd):
         assert "shown again" in capfd.readouterr().out
     finally:
         for handler, stream in streams:
-            handler.setStream(stream)
+            handler.stream = stream
 
 
 # --- f16: what the device really computes --------------------------------------------------
