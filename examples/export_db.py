@@ -50,7 +50,7 @@ def get_probe_inputs():
     args, kwargs = get_inputs()
     names = list(inspect.signature(CASE.model.forward).parameters)
     specs = _specs_by_position(len(args), names)
-    probe_args = tuple(_other(arg, spec) for arg, spec in zip(args, specs))
+    probe_args = tuple(_other(arg, spec) for arg, spec in zip(args, specs, strict=True))
     probe_kwargs = {key: _other(value, _spec_of(key)) for key, value in kwargs.items()}
     return probe_args, probe_kwargs
 
@@ -79,6 +79,6 @@ def _other(value, spec):
         return torch.randn(shape, dtype=value.dtype)
     if value.dtype == torch.bool:
         return torch.rand(shape) > 0.5
-    low, high = int(value.min()) if value.numel() else 0, int(value.max()) + 1 \
-        if value.numel() else 2
-    return torch.randint(low, max(high, low + 1), shape, dtype=value.dtype)
+    low = int(value.min()) if value.numel() else 0
+    high = int(value.max()) + 1 if value.numel() else low + 1
+    return torch.randint(low, high, shape, dtype=value.dtype)
