@@ -332,8 +332,7 @@ def _own_signal_stack() -> None:
 
 
 def _stack_written(path: Path) -> bool:
-    """faulthandler has written the stack: it ends each thread's dump with a blank line or the
-    last frame; a non-empty file that stopped growing is taken as done."""
+    """faulthandler has written the stack: a non-empty file that stopped growing for 0.1 s."""
     try:
         size = path.stat().st_size
         if not size:

@@ -17,8 +17,6 @@ from dynexport.precision import PrecisionResult, variant_ir
 from dynexport.script import Script
 from dynexport.stage import Run, Stage, StageFailed
 
-__all__ = ["ACCURACY_STAGE", "Accuracy"]
-
 
 def _run(run: Run) -> Accuracy:
     script = run.result("load", Script)
