@@ -3,7 +3,7 @@
     python benchmarks/pipeline.py [--runs 1] [--json FILE] [-- SCRIPT.py [SCRIPT_ARGS...]]
 
 Each run is a fresh `python` process, as `python -m dynexport` is: interpreter start and
-imports count in the wall time. The child runs `dynexport.pipeline.run` (what the CLI runs)
+imports count in the wall time. The child runs `dynexport.pipeline.run_script` (what the CLI runs)
 with an observer that samples its resident memory during each stage; the parent measures the
 wall time and the peak RSS (getrusage) of the pipeline's process and of the largest of the
 processes it forks for conversions and runtimes. Every step a stage announces
@@ -35,7 +35,7 @@ DEFAULT_CASES = {"M0, ranks in the graph": FLASHOCC,
 def child(out: str, script: str, script_args: list[str], verify: bool = True) -> None:
     """Run the pipeline in this process; write per-stage seconds and peak RSS to out."""
     from dynexport import progress
-    from dynexport.pipeline import Options, run
+    from dynexport.pipeline import Options, run_script
 
     class Sampling:
         def __init__(self, sampler: PeakRSS):
@@ -68,9 +68,9 @@ def child(out: str, script: str, script_args: list[str], verify: bool = True) ->
     with PeakRSS() as sampler:
         observer = Sampling(sampler)
         with progress.listening(observer.step):
-            report = run(script, script_args,
-                         Options(out_dir=Path(out) / "artifacts", verify=verify),
-                         observer=observer)
+            report = run_script(script, script_args,
+                                Options(out_dir=Path(out) / "artifacts", verify=verify),
+                                observer=observer)
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # the process's own peak
     forked = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # largest child
     Path(out, "stages.json").write_text(json.dumps(

@@ -15,7 +15,7 @@ from dynexport.coverage import coverage_table
 from dynexport.errors import format_traceback
 from dynexport.isolation import DEFAULT_DEADLINE, Isolation
 from dynexport.names import BACKENDS, LAYOUTS, PRECISIONS
-from dynexport.pipeline import Options, run, script_coverage
+from dynexport.pipeline import Options, run_script, script_coverage
 from dynexport.runtimes import missing_device
 from dynexport.script import ScriptError, load_script
 
@@ -139,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         from dynexport.console import StageProgress
 
         with StageProgress(console, debug=args.debug) as progress:
-            report = run(target, target_args, options, observer=progress, loader=loader,
-                         debug=args.debug)
+            report = run_script(target, target_args, options, observer=progress,
+                                loader=loader, debug=args.debug)
     except CaptureError as exc:
         errors.print(f"[bold red]dynexport:[/] {escape(str(exc))}", highlight=False,
                      soft_wrap=True)

@@ -32,8 +32,8 @@ class Differences:
 
     @classmethod
     def of(cls, reference: np.ndarray, candidate: np.ndarray) -> Differences:
-        """float32 pairs are compared in float32 (20x faster on FlashOcc M0's 11.5 M logits),
-        anything else in float64."""
+        """float32 pairs are compared in float32 (float64 copies of a large output cost more
+        than the comparison itself; docs/performance.md), anything else in float64."""
         work = np.float32 if reference.dtype == candidate.dtype == np.float32 else np.float64
         ref = reference.astype(work, copy=False)
         act = candidate.astype(work, copy=False)

@@ -46,8 +46,8 @@ from dynexport.errors import format_traceback, summary
 
 T = TypeVar("T")
 
-# Generous: FlashOcc M0's slowest child (int8 with accuracy control) takes minutes, not half an
-# hour; a child still running after this is taken for hung.
+# Generous: a wide margin over every stage timed in docs/performance.md; a child still running
+# after this is taken for hung.
 DEFAULT_DEADLINE = 1800.0
 # How long a hung child gets to write its stack after SIGUSR1 before it is killed.
 _STACK_GRACE = 3.0
@@ -320,8 +320,8 @@ _signal_stack_memory: ctypes.Array | None = None  # kept alive for the child's l
 def _own_signal_stack() -> None:
     """A fresh alternate signal stack for the child's thread, where faulthandler's SIGUSR1
     handler runs. The inherited one may point at freed memory: after NNCF's quantisation in the
-    parent (tests/test_int8_accuracy_control.py), the main thread's was an unmapped 11 KiB
-    region, and the handler crashed instead of writing the stack."""
+    parent (tests/test_int8_accuracy_control.py), the main thread's pointed at unmapped memory,
+    and the handler crashed instead of writing the stack (CHANGELOG, #27)."""
     global _signal_stack_memory
     _signal_stack_memory = ctypes.create_string_buffer(1 << 16)
     stack = _SignalStack(ctypes.addressof(_signal_stack_memory), 0, len(_signal_stack_memory))

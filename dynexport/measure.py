@@ -10,7 +10,6 @@ output folder (the row's `picture`); a picture that fails does not stop the meas
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from dynexport.inputs import Inputs, Signature, eager_call, flatten_outputs
 from dynexport.isolation import ISOLATED, Isolation, run_isolated
 from dynexport.runtimes import open_runner, to_numpy
 from dynexport.script import Script, ScriptError
-from dynexport.stage import StageFailed
+from dynexport.stage import Run, StageFailed
 
 
 @dataclass
@@ -135,11 +134,13 @@ def _runtime_outputs(runtime: str, artifact: str, device: str, config: dict | No
     return outputs
 
 
-def measure(script: Script, runtimes: list[tuple[str, str, str, dict | None]], device: str,
+def measure(script: Script, eager: list[Any],
+            runtimes: list[tuple[str, str, str, dict | None]], device: str,
             isolation: Isolation = ISOLATED, static: bool = False,
             pictures: Path | None = None, signature: Signature | None = None) -> Accuracy:
-    """`runtimes`: (runtime, precision, artifact, compile config) to evaluate beside eager,
-    each fed and read by `signature`'s names.
+    """`eager`: the model's outputs on the validation samples (eager_on_validation), the
+    reference. `runtimes`: (runtime, precision, artifact, compile config) to evaluate beside
+    eager, each fed and read by `signature`'s names.
     `static`: the models take the example's sizes only (--static). `pictures`: the output
     folder; with the script's `picture`, each row's first sample is drawn into its pictures/
     (a failure is kept in `picture_error`, for the caller to judge)."""
@@ -155,7 +156,6 @@ def measure(script: Script, runtimes: list[tuple[str, str, str, dict | None]], d
             f"{[tuple(t.shape) for t in inputs[other[0]].tensors()]} against {sizes}). Pad "
             "them to the example's sizes in get_validation_data(), or measure accuracy "
             "without --static.")
-    eager = eager_on_validation(script)
     reference = script.metric(eager, targets)
     name = next(iter(reference))
     painter = _Painter(script, pictures, targets[0])
@@ -176,26 +176,20 @@ def measure(script: Script, runtimes: list[tuple[str, str, str, dict | None]], d
     return accuracy
 
 
-# Eager's outputs on a script's validation data, per model: --precision auto measures each
-# candidate, and the accuracy stage the f32 models, against the same reference (an M0 frame is
-# seconds). Keyed weakly by the model, and valid for the validation list it was made from.
-_EAGER_ON_VALIDATION: weakref.WeakKeyDictionary[torch.nn.Module, tuple[list, list[Any]]] = \
-    weakref.WeakKeyDictionary()
+def eager_on_validation(run: Run, script: Script) -> list[Any]:
+    """The model's outputs on each validation sample, made once per run: --precision auto
+    measures each candidate, and the accuracy stage the f32 models, against the same reference
+    (a large model's frame is seconds of CPU)."""
 
+    def made() -> list[Any]:
+        call, outputs = eager_call(script.model, script.method), []
+        with torch.no_grad():
+            for index, (values, _target) in enumerate(script.validation()):
+                progress.step(f"eager on validation sample {index + 1}/{len(script.validation())}")
+                outputs.append(call(values))
+        return outputs
 
-def eager_on_validation(script: Script) -> list[Any]:
-    """The model's outputs on each validation sample, computed once per loaded script."""
-    data = script.validation()  # memoized by the script: the same list on every call
-    cached = _EAGER_ON_VALIDATION.get(script.model)
-    if cached is not None and cached[0] is data:
-        return cached[1]
-    call, outputs = eager_call(script.model, script.method), []
-    with torch.no_grad():
-        for index, (values, _target) in enumerate(data):
-            progress.step(f"eager on validation sample {index + 1}/{len(data)}")
-            outputs.append(call(values))
-    _EAGER_ON_VALIDATION[script.model] = (data, outputs)
-    return outputs
+    return run.once("eager on validation", made)
 
 
 def label_agreement(reference: list[Any], outputs: list[Any],

@@ -40,7 +40,7 @@ from dynexport.stages.precision import PRECISION_STAGE
 from dynexport.stages.serving import SERVING_STAGE
 from dynexport.stages.verify import VERIFY_STAGE
 
-__all__ = ["Options", "StageObserver", "run", "script_coverage", "stages"]
+__all__ = ["Options", "StageObserver", "run_script", "script_coverage", "stages"]
 
 _PACKAGE = Path(__file__).resolve().parent
 # Exception types that mean a mistake in code, not a refusal: raised inside dynexport, a bug.
@@ -61,54 +61,54 @@ def stages(loader: ScriptLoader = load_script) -> list[Stage]:
             BENCHMARK_STAGE]
 
 
-def run(script_path: str | os.PathLike, script_args: list[str], options: Options,
+def run_script(script_path: str | os.PathLike, script_args: list[str], options: Options,
         observer: StageObserver | None = None, loader: ScriptLoader = load_script,
         debug: bool = False) -> Report:
     """Run every requested stage on the script; raise ScriptError (after writing the report,
     where the script exists) when the script is unusable."""
-    state = Run(str(script_path), list(script_args), options)
+    run = Run(str(script_path), list(script_args), options)
     options.out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        execute(state, stages(loader), observer, debug)
+        execute(run, stages(loader), observer, debug)
     finally:
-        report = build_report(state, evidence(state))
+        report = build_report(run, evidence(run))
         if Path(script_path).is_file():
             report.write(options.out_dir)
     return report
 
 
-def execute(state: Run, plan: list[Stage], observer: StageObserver | None = None,
+def execute(run: Run, plan: list[Stage], observer: StageObserver | None = None,
             debug: bool = False) -> Run:
-    """Run `plan`'s stages on `state` in order. A stage with `start` runs on while the next
+    """Run `plan`'s stages on `run` in order. A stage with `start` runs on while the next
     ones start; the run waits for it when a stage reads its result (`Run.settle`), and at the
     end. A ScriptError (the script is unusable, exit status 2), from whichever stage calls the
     script's functions, ends the run."""
     for stage in plan:
-        _launch(state, stage, observer, debug)
-        _raise_script_error(state)
-    state.settle_all()
-    _raise_script_error(state)
+        _launch(run, stage, observer, debug)
+        _raise_script_error(run)
+    run.settle_all()
+    _raise_script_error(run)
     order = {stage.name: index for index, stage in enumerate(plan)}
-    state.records.sort(key=lambda record: order.get(record.name, -1))
-    return state
+    run.records.sort(key=lambda record: order.get(record.name, -1))
+    return run
 
 
-def _raise_script_error(state: Run) -> None:
-    error = next((e for e in state.errors.values() if isinstance(e, ScriptError)), None)
+def _raise_script_error(run: Run) -> None:
+    error = next((e for e in run.errors.values() if isinstance(e, ScriptError)), None)
     if error is not None:
-        state.settle_all()  # the stages still running keep their artifacts and records
+        run.settle_all()  # the stages still running keep their artifacts and records
         raise error
 
 
-def _launch(state: Run, stage: Stage, observer: StageObserver | None, debug: bool) -> None:
+def _launch(run: Run, stage: Stage, observer: StageObserver | None, debug: bool) -> None:
     """Run `stage`, or start it (`stage.start`) and leave its recording to `Run.settle`, or
     record why it is skipped."""
-    why_not = stage.requested(state)
-    if why_not == "":
-        return  # not part of this run
-    why_not = why_not or _missing_needs(state, stage)
+    request = stage.requested(run)
+    if request.kind == "absent":
+        return
+    why_not = request.reason if request.kind == "skipped" else _missing_needs(run, stage)
     if why_not:
-        _record(state, observer, StageRecord(stage.name, "skipped", error=why_not), None)
+        _record(run, observer, StageRecord(stage.name, "skipped", error=why_not), None)
         return
     if observer:
         observer.started(stage.name)
@@ -116,9 +116,9 @@ def _launch(state: Run, stage: Stage, observer: StageObserver | None, debug: boo
     started: Started | None = None
     try:
         if stage.start is not None:
-            started = stage.start(state)
+            started = stage.start(run)
         else:
-            state.results[stage.name] = stage.run(state)
+            run.results[stage.name] = stage.work(run)
         error = None
     except Exception as exc:  # a failed stage is recorded; later stages still run
         error = exc
@@ -127,36 +127,36 @@ def _launch(state: Run, stage: Stage, observer: StageObserver | None, debug: boo
         nonlocal error
         if started is not None and error is None:
             try:
-                state.results[stage.name] = started.result()
+                run.results[stage.name] = started.result()
             except Exception as exc:  # a failed stage is recorded; later stages still run
                 error = exc
         record = StageRecord(stage.name, "ok")
         if error is not None:
-            state.errors[stage.name] = error
-            record.status, record.error = "failed", _error_text(error, state, stage.name, debug)
-        record.artifact = getattr(state.results.get(stage.name), "artifact", None)
+            run.errors[stage.name] = error
+            record.status, record.error = "failed", _error_text(error, run, stage.name, debug)
+        record.artifact = getattr(run.results.get(stage.name), "artifact", None)
         own = started.seconds if started is not None else None
         record.seconds = round(own if own is not None else time.perf_counter() - start, 3)
-        _record(state, observer, record, error)
+        _record(run, observer, record, error)
 
     if started is not None and error is None:
-        state.pending[stage.name] = finish
+        run.pending[stage.name] = finish
     else:
         finish()
 
 
-def _record(state: Run, observer: StageObserver | None, record: StageRecord,
+def _record(run: Run, observer: StageObserver | None, record: StageRecord,
             error: BaseException | None) -> None:
-    state.records.append(record)
+    run.records.append(record)
     if observer:
         observer.finished(record, error)
 
 
-def _missing_needs(state: Run, stage: Stage) -> str | None:
+def _missing_needs(run: Run, stage: Stage) -> str | None:
     for need in stage.needs:
-        if state.status(need) != "ok":
-            return f"needs {need}, which {_state_words(state.status(need))}"
-    if stage.needs_any and not any(state.status(n) == "ok" for n in stage.needs_any):
+        if run.status(need) != "ok":
+            return f"needs {need}, which {_state_words(run.status(need))}"
+    if stage.needs_any and not any(run.status(n) == "ok" for n in stage.needs_any):
         return f"needs a converted model ({' or '.join(stage.needs_any)}); none was converted"
     return None
 
@@ -165,7 +165,7 @@ def _state_words(status: str | None) -> str:
     return {"failed": "failed", "skipped": "was skipped"}.get(status, "was not requested")
 
 
-def _error_text(exc: BaseException, state: Run, stage: str, debug: bool) -> str:
+def _error_text(exc: BaseException, run: Run, stage: str, debug: bool) -> str:
     if isinstance(exc, ScriptError):
         return "the script is unusable"
     if not _is_dynexport_bug(exc):
@@ -174,7 +174,7 @@ def _error_text(exc: BaseException, state: Run, stage: str, debug: bool) -> str:
     text = (f"dynexport bug: {summary(exc)} (in dynexport's own code, not your model; please "
             "report it with report.json")
     if debug:
-        path = state.options.out_dir / f"traceback_{stage}.txt"
+        path = run.options.out_dir / f"traceback_{stage}.txt"
         path.write_text(format_traceback(exc))
         text += f" and {path}"
     return text + ")"
@@ -191,17 +191,17 @@ def _is_dynexport_bug(exc: BaseException) -> bool:
         _PACKAGE)
 
 
-def evidence(state: Run) -> Evidence:
+def evidence(run: Run) -> Evidence:
     """What the stages left, for the hazard and handled steps."""
-    script = state.result("load", Script)
-    eager = state.evidence("eager", EagerRun)
-    decomposed = state.result("decompose", Decomposed)
+    script = run.result("load", Script)
+    eager = run.evidence("eager", EagerRun)
+    decomposed = run.result("decompose", Decomposed)
     notes = []
     if script is not None and eager is not None and eager.inputs["probe"] is not script.probe:
         notes.append("--static: the script's probe has other sizes than the example, so a "
                      "generated probe of the example's sizes was verified instead")
     failures = [failure for backend in BACKENDS
-                if (failure := state.evidence(backend, ConversionFailure)) is not None]
+                if (failure := run.evidence(backend, ConversionFailure)) is not None]
     for part in eager.unwatched if eager else []:
         at = f" at {part.location.file}:{part.location.line}" if part.location else ""
         notes.append(f"eager ran {part.op}{at} without looking into its branches (torch "
@@ -217,49 +217,49 @@ def evidence(state: Run) -> Evidence:
         known=list(script.hazards) if script else [],
         conversions=eager.conversions if eager else [],
         outputs=[leaf for outputs in eager.outputs.values() for leaf in outputs] if eager else [],
-        capture=state.evidence("capture", Capture),
+        capture=run.evidence("capture", Capture),
         unsupported_ops=[op for failure in failures for op in failure.unsupported_ops],
         notes=notes + [note for failure in failures for note in failure.notes],
-        verification=state.results.get("verify") or [],
+        verification=run.results.get("verify") or [],
         example=script.example if script else None,
         replaced=decomposed.replaced if decomposed else [],
         unused_inputs={backend: converted.unused_inputs for backend in BACKENDS
-                       if (converted := state.result(backend, Converted)) is not None
+                       if (converted := run.result(backend, Converted)) is not None
                        and converted.unused_inputs})
 
 
-def build_report(state: Run, facts: Evidence) -> Report:
-    served = state.result("serving", Served)
-    benchmark = state.results.get("benchmark") or []
+def build_report(run: Run, facts: Evidence) -> Report:
+    served = run.result("serving", Served)
+    benchmark = run.results.get("benchmark") or []
     return Report(
-        script=state.script_path,
+        script=run.script_path,
         capture_strategy=facts.capture.strategy if facts.capture else None,
-        stages=state.records,
+        stages=run.records,
         hazards=find_hazards(facts),
         handled=find_handled(facts),
         unsupported_ops=facts.unsupported_ops,
         verification=facts.verification,
         benchmark=[r for r in benchmark if isinstance(r, BenchmarkRecord)],
-        precision=state.result("precision", PrecisionResult),
+        precision=run.result("precision", PrecisionResult),
         serving=served.records if served else [],
-        accuracy=state.evidence("accuracy", Accuracy),
+        accuracy=run.evidence("accuracy", Accuracy),
         notes=facts.notes)
 
 
 def explain_evidence(script: Script) -> tuple[Run, Evidence]:
     """The hazard-finding part of the pipeline (eager, capture) on an already loaded script,
     with the coverage preflight in place of the conversions."""
-    state = Run(str(script.path), [], Options(out_dir=Path(".")))
-    state.results["load"] = script
-    state.records.append(StageRecord("load", "ok"))
-    execute(state, [EAGER_STAGE, CAPTURE_STAGE])
-    facts = evidence(state)
-    captured = state.result("capture", Capture)
+    run = Run(str(script.path), [], Options(out_dir=Path(".")))
+    run.results["load"] = script
+    run.records.append(StageRecord("load", "ok"))
+    execute(run, [EAGER_STAGE, CAPTURE_STAGE])
+    facts = evidence(run)
+    captured = run.result("capture", Capture)
     if captured is not None:
         with quiet_torch():
             facts.unsupported_ops = unsupported_ops(captured.program)
         facts.notes += facts.unsupported_ops.notes
-    return state, facts
+    return run, facts
 
 
 def explain(script: Script) -> Report:

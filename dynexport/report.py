@@ -153,22 +153,20 @@ class Report:
         sections = [Section.of("Stages", self.stages)] if self.stages else []
         sections.append(Section.of("Hazards", self.sorted_hazards(),
                                    None if self.hazards else "none found"))
+        precision, accuracy = self.precision, self.accuracy
         optional = [
             ("Handled by dynexport", self.handled, None),
             ("Unsupported ops", self.unsupported_ops, None),
             ("Verification against eager PyTorch", self.verification, None),
+            (f"Precision {precision.precision} against f32",
+             precision.candidates or precision.comparisons, precision.summary())
+            if precision is not None else None,
+            ("Accuracy", accuracy.rows, accuracy.summary(), accuracy.pictures())
+            if accuracy is not None else None,
             ("Serving", self.serving, None),
             ("Benchmark", self.benchmark, None),
         ]
-        if self.precision is not None:
-            optional.insert(3, (f"Precision {self.precision.precision} against f32",
-                                self.precision.candidates or self.precision.comparisons,
-                                self.precision.summary()))
-        if self.accuracy is not None:
-            optional.insert(4 if self.precision is not None else 3,
-                            ("Accuracy", self.accuracy.rows, self.accuracy.summary(),
-                             self.accuracy.pictures()))
-        sections += [Section.of(*entry) for entry in optional if entry[1]]
+        sections += [Section.of(*entry) for entry in optional if entry and entry[1]]
         if self.notes:
             sections.append(Section("Notes", ("note",), [(note,) for note in self.notes]))
         return sections

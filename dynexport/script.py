@@ -102,7 +102,7 @@ def _load(path: Path) -> Script:
     validation = None
     if getattr(module, "get_validation_data", None) is not None:
         # Made once: the precision stage (NNCF's accuracy control, each --precision auto
-        # candidate) and the accuracy stage all read it (FlashOcc small: 2.1 s a call).
+        # candidate) and the accuracy stage all read it, and making scenes is not cheap.
         validation = functools.cache(lambda: _validation_data(module, path, example))
     metric = None
     if getattr(module, "metric", None) is not None:

@@ -1,13 +1,14 @@
-"""What a pipeline stage is: a name, the stages whose results it reads, and a function from the
-run so far to its own result. The pipeline walks an ordered list of them; each stage module
-defines its own (its policy stays there), and results flow forward only."""
+"""What a pipeline stage is: a name, the stages whose results it reads, whether a run asks for
+it, and its work: a function from the run so far to the stage's own result. The pipeline walks
+an ordered list of them; each stage module defines its own (its policy stays there), and
+results flow forward only."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from dynexport.isolation import Isolation
 from dynexport.names import BACKENDS, StageName, StageStatus
@@ -56,22 +57,43 @@ class Started(Protocol):
 
 
 @dataclass(frozen=True)
+class Request:
+    """Whether a run asks for a stage: `wanted`; `skipped`, recorded with the `reason` (e.g.
+    "--no-verify"); or `absent`, not part of this run at all (e.g. --bench not given)."""
+
+    kind: Literal["wanted", "skipped", "absent"]
+    reason: str = ""
+
+    @staticmethod
+    def skipped_unless(reason: str | None) -> Request:
+        """Skipped for `reason` when there is one, else wanted."""
+        return Request("skipped", reason) if reason else WANTED
+
+    @staticmethod
+    def when(wanted: bool) -> Request:
+        return WANTED if wanted else ABSENT
+
+
+WANTED = Request("wanted")
+ABSENT = Request("absent")
+
+
+@dataclass(frozen=True)
 class Stage:
     """One step of the pipeline.
 
     `needs`: stages that must have succeeded; `needs_any`: at least one of these must have.
-    `requested`: None when the run asks for this stage (its options, its script), else why it
-    is skipped (e.g. "--no-verify"); "" leaves the stage out of the run altogether.
-    `run` returns the stage's result (kept by the run under the stage's name) or raises.
+    `requested`: whether the run asks for this stage (from its options, its script).
+    `work` returns the stage's result (kept by the run under the stage's name) or raises.
     `start`, where given, starts the same work and returns at once (a Started): the later stages
     start meanwhile (the two conversions run side by side in child processes and use both
     cores), and the run waits for the result when a stage reads it."""
 
     name: StageName
-    run: Callable[[Run], Any]
+    work: Callable[[Run], Any]
     needs: tuple[StageName, ...] = ()
     needs_any: tuple[StageName, ...] = ()
-    requested: Callable[[Run], str | None] = lambda run: None
+    requested: Callable[[Run], Request] = lambda run: WANTED
     start: Callable[[Run], Started] | None = None
 
 
@@ -106,6 +128,14 @@ class Run:
     records: list[StageRecord] = field(default_factory=list)
     # stages started that run on, each with the function that waits for it and records it
     pending: dict[str, Callable[[], None]] = field(default_factory=dict)
+    # values that more than one stage reads and none owns (e.g. eager on the validation data)
+    shared: dict[str, Any] = field(default_factory=dict)
+
+    def once(self, key: str, make: Callable[[], T]) -> T:
+        """`make()`'s value, made by the first stage that asks for `key` in this run."""
+        if key not in self.shared:
+            self.shared[key] = make()
+        return self.shared[key]
 
     def settle(self, name: StageName) -> None:
         """Wait for stage `name` if it is still running, and record how it went."""

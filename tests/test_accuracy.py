@@ -6,7 +6,6 @@ import pytest
 import torch
 from helpers import read_report
 
-from dynexport.isolation import IN_PROCESS
 from dynexport.measure import label_agreement
 
 CLASSIFIER = """
@@ -137,16 +136,29 @@ def test_without_a_metric_there_is_no_accuracy_stage(cli, write_script, tmp_path
 
 
 
-def test_precision_auto_picks_the_fastest_within_budget(cli, write_script, tmp_path):
+def test_precision_auto_picks_the_fastest_within_budget(cli, write_script, tmp_path,
+                                                       monkeypatch):
+    from dynexport import measure
+
     out, calls = tmp_path / "out", tmp_path / "validation_calls"
     counted = CLASSIFIER.format(metric=ACCURACY).replace(
         "def get_validation_data():\n",
         f"def get_validation_data():\n    open({str(calls)!r}, 'a').write('x')\n")
+    samples: list[int] = []
+    real_call = measure.eager_call
+
+    def counted_call(model, method):
+        call = real_call(model, method)
+        return lambda inputs: samples.append(1) or call(inputs)
+
+    monkeypatch.setattr(measure, "eager_call", counted_call)
     code, stdout, _ = cli("--out", out, "--precision", "auto", "--accuracy-budget", "5",
                           "--to", "openvino", write_script(counted))
     assert code == 0, stdout
     # made once, though int8's accuracy control, each candidate and the accuracy stage read it
     assert calls.read_text() == "x"
+    # eager's reference too: once per validation sample in the run, not once per measurement
+    assert len(samples) == 3
     report = read_report(out)
     precision = report["precision"]
     tried = {c["precision"]: c for c in precision["candidates"]}
@@ -158,30 +170,6 @@ def test_precision_auto_picks_the_fastest_within_budget(cli, write_script, tmp_p
     assert precision["precision"] == fastest and fastest in precision["chosen_because"]
     rows = {(r["runtime"], r["precision"]) for r in report["accuracy"]["rows"]}
     assert {("openvino", c["precision"]) for c in made} <= rows
-
-
-def test_eager_runs_once_on_the_validation_data(monkeypatch, write_script):
-    """--precision auto measures each candidate, and the accuracy stage the f32 models, against
-    one eager reference: the model runs once per validation sample, not once per measurement."""
-    from dynexport import measure as accuracy
-    from dynexport.script import load_script
-
-    script = load_script(write_script(CLASSIFIER.format(metric=ACCURACY)), [])
-    samples: list[int] = []
-    real = accuracy.eager_call
-
-    def counted(model, method):
-        call = real(model, method)
-        return lambda inputs: samples.append(1) or call(inputs)
-
-    monkeypatch.setattr(accuracy, "eager_call", counted)
-    first = accuracy.measure(script, [], "CPU", isolation=IN_PROCESS)
-    second = accuracy.measure(script, [], "CPU", isolation=IN_PROCESS)
-    assert len(samples) == 3  # the classifier's three validation samples, once
-    assert first.rows[0].value == second.rows[0].value == pytest.approx(_expected_accuracy())
-    reloaded = load_script(write_script(CLASSIFIER.format(metric=ACCURACY)), [])
-    accuracy.measure(reloaded, [], "CPU", isolation=IN_PROCESS)
-    assert len(samples) == 6  # another loaded script is another model: measured again
 
 
 def test_precision_auto_needs_a_metric(cli, write_script, tmp_path):

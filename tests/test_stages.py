@@ -4,7 +4,7 @@ result is read; what the eager stage runs on."""
 from dynexport.eager import EagerRun
 from dynexport.pipeline import execute
 from dynexport.script import load_script
-from dynexport.stage import Options, Run, Stage
+from dynexport.stage import ABSENT, Options, Request, Run, Stage
 from dynexport.stages.eager import EAGER_STAGE
 
 
@@ -27,20 +27,42 @@ def test_a_started_stage_runs_beside_the_next_ones_until_read(tmp_path):
         Stage("verify", lambda run: log.append(f"verify read {run.result('onnx', str)}"),
               needs=("onnx",)),
     ]
-    state = execute(Run("script.py", [], Options(out_dir=tmp_path)), plan)
+    run = execute(Run("script.py", [], Options(out_dir=tmp_path)), plan)
     assert log == ["openvino ran", "onnx finished", "verify read outputs"]
-    assert [record.name for record in state.records] == ["onnx", "openvino", "verify"]
-    assert state.records[0].seconds == 0.25  # the work's own time, not the wait for it
+    assert [record.name for record in run.records] == ["onnx", "openvino", "verify"]
+    assert run.records[0].seconds == 0.25  # the work's own time, not the wait for it
 
 
 def test_a_started_stage_nobody_reads_is_recorded_at_the_end(tmp_path):
     log: list[str] = []
     plan = [Stage("onnx", lambda run: None, start=lambda run: _Later(log)),
             Stage("openvino", lambda run: log.append("openvino ran"))]
-    state = execute(Run("script.py", [], Options(out_dir=tmp_path)), plan)
+    run = execute(Run("script.py", [], Options(out_dir=tmp_path)), plan)
     assert log == ["openvino ran", "onnx finished"]
-    assert state.results["onnx"] == "outputs"
-    assert [(r.name, r.status) for r in state.records] == [("onnx", "ok"), ("openvino", "ok")]
+    assert run.results["onnx"] == "outputs"
+    assert [(r.name, r.status) for r in run.records] == [("onnx", "ok"), ("openvino", "ok")]
+
+
+def test_a_stage_is_wanted_skipped_with_its_reason_or_absent(tmp_path):
+    ran: list[str] = []
+    plan = [Stage(name, lambda run, name=name: ran.append(name), requested=lambda run, r=r: r)
+            for name, r in [("onnx", Request.when(True)),
+                            ("verify", Request.skipped_unless("--no-verify")),
+                            ("benchmark", ABSENT)]]
+    run = execute(Run("script.py", [], Options(out_dir=tmp_path)), plan)
+    assert ran == ["onnx"]
+    assert [(r.name, r.status, r.error) for r in run.records] == [
+        ("onnx", "ok", None), ("verify", "skipped", "--no-verify")]  # absent: no record at all
+
+
+def test_a_shared_value_is_made_once_per_run(tmp_path):
+    made: list[int] = []
+    plan = [Stage(name, lambda run: run.once("reference", lambda: made.append(1) or "value"))
+            for name in ("precision", "accuracy")]
+    for _ in range(2):
+        run = execute(Run("script.py", [], Options(out_dir=tmp_path)), plan)
+        assert run.results == {"precision": "value", "accuracy": "value"}
+    assert made == [1, 1]  # once in each of the two runs
 
 
 SCRIPT = '''
@@ -67,7 +89,7 @@ def eager_of(tmp_path, verify: bool) -> tuple[EagerRun, object]:
     script = load_script(path, [])
     run = Run(str(path), [], Options(out_dir=tmp_path, verify=verify))
     run.results["load"] = script
-    return EAGER_STAGE.run(run), script
+    return EAGER_STAGE.work(run), script
 
 
 def test_no_verify_runs_eager_on_the_example_only(tmp_path):

@@ -12,7 +12,7 @@ from helpers import REPO, read_report
 
 pytest.importorskip("transformers")
 
-from dynexport.pipeline import Options, run  # noqa: E402
+from dynexport.pipeline import Options, run_script  # noqa: E402
 
 # Converts models through both exporters (seconds a test): `pytest -m "not slow"` skips it.
 pytestmark = pytest.mark.slow
@@ -49,7 +49,7 @@ def test_the_zoo_has_the_architectures_of_the_issue():
     pytest.param(name, marks=pytest.mark.xfail(reason=DYNEXPORT_DEFECTS[name], strict=True))
     if name in DYNEXPORT_DEFECTS else name for name in SCRIPTS])
 def test_zoo_model_converts_and_verifies(name: str, tmp_path: Path):
-    run(ZOO / f"{name}.py", [], Options(out_dir=tmp_path))
+    run_script(ZOO / f"{name}.py", [], Options(out_dir=tmp_path))
     report = read_report(tmp_path)
     assert report["capture"]["strategy"] in ("strict", "non_strict")
     assert not [h for h in report["hazards"] if h["severity"] == "error"], report["hazards"]

@@ -25,7 +25,8 @@ def onnx_registry(custom: Iterable[tuple[object, Callable[..., Any]]] = ()) -> A
 
 @functools.lru_cache(maxsize=4)
 def _onnx_registry(custom: tuple[tuple[object, Callable[..., Any]], ...]) -> Any:
-    # Building torchlib's registry takes ~1 s; the custom translations are part of the key.
+    # Building torchlib's registry is slow (docs/decompositions.md); the custom translations are
+    # part of the key.
     from torch.onnx._internal.exporter import _registration
 
     registry = _registration.ONNXRegistry.from_torchlib()

@@ -34,7 +34,8 @@ def to_onnx(program: ExportedProgram, path: str | os.PathLike,
     _program_input_names(onnx_program.model, program)
     progress.step("saving and checking model.onnx")
     onnx_program.save(path, external_data=_too_large_for_protobuf(onnx_program))
-    import onnx  # here, not at import: 0.8 s (ml_dtypes) the pipeline's own process never needs
+    # here, not at import: ml_dtypes is slow to import, and the pipeline's process never needs it
+    import onnx
 
     onnx.checker.check_model(str(path), full_check=True)
     return path

@@ -25,8 +25,8 @@ from dynexport.runtimes import DEFAULT_OPENVINO_CONFIG, to_numpy
 def quantize_ir(f32_xml: Path, target: Path, calibration: Sequence[Inputs], ignored: list[str],
               control: AccuracyControl | None = None) -> tuple[Path, AccuracyControlResult | None]:
     """NNCF post-training quantisation with the MIXED preset (symmetric weights, asymmetric
-    activations: on FlashOcc M0 68 % of the labels agree with f32 against 37 % with the
-    default symmetric preset, at the same speed), the index math excluded so that
+    activations: on FlashOcc M0 far more labels agree with f32 than with the default symmetric
+    preset, at the same speed; docs/performance.md), the index math excluded so that
     coordinates are not rounded to 256 levels. With `control`, accuracy-controlled."""
     try:
         import nncf
@@ -72,8 +72,8 @@ def _quantize_with_accuracy_control(model: Any, dataset: Any, settings: dict,
             drop_type=nncf.DropType.ABSOLUTE, **settings,
             advanced_accuracy_restorer_parameters=nncf.AdvancedAccuracyRestorerParameters(
                 ranking_subset_size=len(items), intermediate_model_dir=folder))
-        fully = _quantized_layers(ov.Core().read_model(Path(folder) / "intermediate_model.xml"))
-    kept = _quantized_layers(quantized)
+        fully = quantized_layers(ov.Core().read_model(Path(folder) / "intermediate_model.xml"))
+    kept = quantized_layers(quantized)
     ov.save_model(quantized, target, compress_to_fp16=False)
     progress.step("int8 accuracy control: the shipped IR on the validation data")
     after, _ = validate(ov.Core().compile_model(target, "CPU", DEFAULT_OPENVINO_CONFIG), items)
@@ -139,7 +139,7 @@ def _float(text: str | None) -> float | None:
         return None
 
 
-def _quantized_layers(model: Any) -> set[str]:
+def quantized_layers(model: Any) -> set[str]:
     """Friendly names of the layers of an OpenVINO model that take a fake-quantised
     activation (a FakeQuantize, maybe through Converts, of something not constant; weights
     may be stored compressed instead, so only activations tell)."""

@@ -11,14 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from dynexport.conversion import converted_models, program_signature
-from dynexport.measure import Accuracy, AccuracyRow, measure, picture_path
+from dynexport.measure import Accuracy, AccuracyRow, eager_on_validation, measure, picture_path
 from dynexport.names import BACKENDS
 from dynexport.precision import PrecisionResult, variant_ir
 from dynexport.script import Script
-from dynexport.stage import Run, Stage, StageFailed
+from dynexport.stage import ABSENT, Request, Run, Stage, StageFailed
 
 
-def _run(run: Run) -> Accuracy:
+def _measure_accuracy(run: Run) -> Accuracy:
     script = run.result("load", Script)
     runtimes = [(runtime, "f32", artifact, None) for runtime, artifact in converted_models(run)]
     variant = run.result("precision", PrecisionResult)
@@ -26,8 +26,9 @@ def _run(run: Run) -> Accuracy:
         runtimes.append(("openvino", variant.precision, variant_ir(run, variant),
                          variant.openvino_config))
     out_dir = run.options.out_dir
-    accuracy = measure(script, runtimes, run.options.device, run.options.isolation,
-                       run.options.static, pictures=out_dir, signature=program_signature(run))
+    accuracy = measure(script, eager_on_validation(run, script), runtimes, run.options.device,
+                       run.options.isolation, run.options.static, pictures=out_dir,
+                       signature=program_signature(run))
     if variant is not None:  # --precision auto measured (and drew) each candidate already
         accuracy.rows += [AccuracyRow("openvino", c.precision, c.value, c.delta,
                                       _drawn(script, out_dir, "openvino", c.precision),
@@ -45,12 +46,13 @@ def _drawn(script: Script, out_dir: Path, runtime: str, precision: str) -> str |
     return relative if script.picture is not None and (out_dir / relative).is_file() else None
 
 
-def _requested(run: Run) -> str | None:
+def _requested(run: Run) -> Request:
     script = run.result("load", Script)
     if script is None or script.validation is None or script.metric is None:
-        return ""  # no validation data or metric: nothing to measure
-    return "--no-verify" if not run.options.verify else run.options.device_missing
+        return ABSENT  # no validation data or metric: nothing to measure
+    return Request.skipped_unless("--no-verify" if not run.options.verify
+                                  else run.options.device_missing)
 
 
-ACCURACY_STAGE = Stage("accuracy", _run, needs=("eager",), needs_any=BACKENDS,
+ACCURACY_STAGE = Stage("accuracy", _measure_accuracy, needs=("eager",), needs_any=BACKENDS,
                        requested=_requested)

@@ -8,10 +8,10 @@ from dynexport.inputs import eager_call
 from dynexport.names import BACKENDS
 from dynexport.precision import PrecisionResult, variant_ir
 from dynexport.script import Script
-from dynexport.stage import Run, Stage
+from dynexport.stage import ABSENT, Request, Run, Stage
 
 
-def _run(run: Run) -> list[BenchmarkRecord]:
+def _benchmark(run: Run) -> list[BenchmarkRecord]:
     """Eager and every converted model (and the --precision variant) on the example."""
     script = run.result("load", Script)
     options = run.options
@@ -29,6 +29,6 @@ def _run(run: Run) -> list[BenchmarkRecord]:
     return records
 
 
-BENCHMARK_STAGE = Stage("benchmark", _run, needs=("load",), needs_any=BACKENDS,
-                        requested=lambda run: run.options.device_missing if run.options.bench
-                        else "")
+BENCHMARK_STAGE = Stage("benchmark", _benchmark, needs=("load",), needs_any=BACKENDS,
+                        requested=lambda run: Request.skipped_unless(run.options.device_missing)
+                        if run.options.bench else ABSENT)

@@ -7,10 +7,10 @@ from dynexport.script import Script
 from dynexport.stage import Run, Stage
 
 
-def _run(run: Run) -> Capture:
+def _capture(run: Run) -> Capture:
     script = run.result("load", Script)
     dynamic_shapes = None if run.options.static else script.dynamic_shapes
     return capture(script.model, script.example, dynamic_shapes, script.method)
 
 
-CAPTURE_STAGE = Stage("capture", _run, needs=("load",))
+CAPTURE_STAGE = Stage("capture", _capture, needs=("load",))

@@ -14,7 +14,7 @@ from dynexport.isolation import start_isolated
 from dynexport.names import Backend
 from dynexport.quiet import quiet_torch
 from dynexport.script import Script
-from dynexport.stage import Run, Stage, Started
+from dynexport.stage import Request, Run, Stage, Started
 
 
 def _decompose(run: Run) -> Decomposed:
@@ -33,8 +33,6 @@ def _decompose(run: Run) -> Decomposed:
     return Decomposed(program, str(path), replaced_ops(captured.program))
 
 
-
-
 def _conversion_stage(backend: Backend) -> Stage:
     def start_stage(run: Run) -> Started:
         program = run.result("decompose", Decomposed).program
@@ -44,7 +42,7 @@ def _conversion_stage(backend: Backend) -> Stage:
                               f"the {backend} conversion", run.options.isolation, backend)
 
     return Stage(backend, lambda run: start_stage(run).result(), needs=("decompose",),
-                 requested=lambda run: None if backend in run.options.targets else "",
+                 requested=lambda run: Request.when(backend in run.options.targets),
                  start=start_stage)
 
 

@@ -11,7 +11,7 @@ from dynexport.script import Script
 from dynexport.stage import Run, Stage
 
 
-def _run_inputs(run: Run) -> dict[InputKind, Inputs]:
+def _inputs(run: Run) -> dict[InputKind, Inputs]:
     """The example and the probe of this run. Under --static a probe of other sizes cannot run
     on the fixed-size models: a generated probe of the example's sizes replaces it."""
     script = run.result("load", Script)
@@ -22,13 +22,13 @@ def _run_inputs(run: Run) -> dict[InputKind, Inputs]:
     return {"example": script.example, "probe": probe}
 
 
-def _run(run: Run) -> EagerRun:
+def _run_eager(run: Run) -> EagerRun:
     """Eager on both inputs; with --no-verify on the example alone, since only verification
-    compares with eager's outputs on the probe (a FlashOcc M0 frame is 4-8 s of CPU)."""
+    compares with eager's outputs on the probe (a large model's frame is seconds of CPU)."""
     script = run.result("load", Script)
-    inputs = _run_inputs(run)
+    inputs = _inputs(run)
     run_on = inputs if run.options.verify else {"example": inputs["example"]}
     return replace(run_eager(script.model, run_on, script.method), inputs=inputs)
 
 
-EAGER_STAGE = Stage("eager", _run, needs=("load",))
+EAGER_STAGE = Stage("eager", _run_eager, needs=("load",))

@@ -7,20 +7,19 @@ from dynexport.capture import Capture
 from dynexport.conversion import Converted, program_signature
 from dynexport.eager import EagerRun
 from dynexport.isolation import run_isolated
-from dynexport.measure import measure
+from dynexport.measure import eager_on_validation, measure
 from dynexport.names import Precision
 from dynexport.precision.records import AccuracyControl, Candidate, PrecisionError, PrecisionResult
 from dynexport.precision.variants import apply_precision, variant_ir
 from dynexport.runtimes import DEFAULT_OPENVINO_CONFIG
 from dynexport.script import Script, ScriptError
-from dynexport.stage import Run, Stage, StageFailed
+from dynexport.stage import ABSENT, Request, Run, Stage, StageFailed
 
 # What --precision auto tries, besides f32 (the fastest within the accuracy budget wins).
 AUTO_CANDIDATES: tuple[Precision, ...] = ("bf16", "f16", "int8")
 
 
-
-def _run(run: Run) -> PrecisionResult:
+def _make_precision(run: Run) -> PrecisionResult:
     """--precision other than f32: calibrates on get_calibration_inputs() if the script has it,
     else on the example and the probe; in a child process like every runtime."""
     script, eager = run.result("load", Script), run.result("eager", EagerRun)
@@ -67,8 +66,9 @@ def _choose(run: Run, script: Script, made) -> PrecisionResult:
         except PrecisionError as exc:  # e.g. int8 without NNCF: say so, try the others
             tried.append((None, Candidate(precision, "", 0.0, 0.0, None, None, str(exc))))
             continue
-        accuracy = measure(script, [("openvino", precision, variant_ir(run, result),
-                                     result.openvino_config)],
+        accuracy = measure(script, eager_on_validation(run, script),
+                           [("openvino", precision, variant_ir(run, result),
+                             result.openvino_config)],
                            run.options.device, run.options.isolation, run.options.static,
                            pictures=run.options.out_dir, signature=program_signature(run))
         row, metric = accuracy.rows[-1], accuracy.metric
@@ -95,6 +95,6 @@ def _choose(run: Run, script: Script, made) -> PrecisionResult:
     return chosen
 
 
-PRECISION_STAGE = Stage("precision", _run, needs=("capture", "eager", "openvino"),
-                        requested=lambda run: "" if run.options.precision == "f32"
-                        else run.options.device_missing)
+PRECISION_STAGE = Stage("precision", _make_precision, needs=("capture", "eager", "openvino"),
+                        requested=lambda run: ABSENT if run.options.precision == "f32"
+                        else Request.skipped_unless(run.options.device_missing))

@@ -8,10 +8,10 @@ from dynexport.conversion import Converted
 from dynexport.precision import PrecisionResult, variant_ir
 from dynexport.runtimes import DEFAULT_OPENVINO_CONFIG
 from dynexport.serving import Served, model_name, write_ovms, write_triton
-from dynexport.stage import Run, Stage, StageFailed
+from dynexport.stage import Request, Run, Stage, StageFailed
 
 
-def _run(run: Run) -> Served:
+def _serve(run: Run) -> Served:
     """The --layout repositories, from the artifacts that verification (and --precision)
     measured: OVMS gets the --precision IR and its compile config."""
     name = model_name(Path(run.script_path).stem)
@@ -33,5 +33,5 @@ def _run(run: Run) -> Served:
     return served
 
 
-SERVING_STAGE = Stage("serving", _run,
-                      requested=lambda run: None if run.options.layouts else "")
+SERVING_STAGE = Stage("serving", _serve,
+                      requested=lambda run: Request.when(bool(run.options.layouts)))

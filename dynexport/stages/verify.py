@@ -8,11 +8,11 @@ from dynexport.conversion import converted_models, program_signature
 from dynexport.eager import EagerRun
 from dynexport.names import BACKENDS
 from dynexport.script import Script, ScriptError
-from dynexport.stage import Run, Stage
+from dynexport.stage import Request, Run, Stage
 from dynexport.verify import Verification, verify_artifact
 
 
-def _run(run: Run) -> list[Verification]:
+def _verify(run: Run) -> list[Verification]:
     eager, script = run.result("eager", EagerRun), run.result("load", Script)
     tolerances = script.tolerances
     unknown = sorted(set(tolerances) - set(eager.output_names()))
@@ -27,9 +27,10 @@ def _run(run: Run) -> list[Verification]:
                                           tolerances, program_signature(run))]
 
 
-def _requested(run: Run) -> str | None:
-    return "--no-verify" if not run.options.verify else run.options.device_missing
+def _requested(run: Run) -> Request:
+    return Request.skipped_unless("--no-verify" if not run.options.verify
+                                  else run.options.device_missing)
 
 
-VERIFY_STAGE = Stage("verify", _run, needs=("eager",), needs_any=BACKENDS,
+VERIFY_STAGE = Stage("verify", _verify, needs=("eager",), needs_any=BACKENDS,
                      requested=_requested)
