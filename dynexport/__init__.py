@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dynexport.custom_ops  # noqa: F401  (registers the ops and their translations)
 from dynexport.api import explain, export, to_onnx, to_openvino
+from dynexport.localization import localize
 
 __version__ = "0.1.0"
-__all__ = ["explain", "export", "to_onnx", "to_openvino"]
+__all__ = ["explain", "export", "localize", "to_onnx", "to_openvino"]

@@ -16,6 +16,7 @@ from dynexport.errors import format_traceback
 from dynexport.isolation import DEFAULT_DEADLINE, Isolation
 from dynexport.names import BACKENDS, LAYOUTS, PRECISIONS
 from dynexport.pipeline import Options, run_script, script_coverage
+from dynexport.precision.keep_f32 import parse_location
 from dynexport.runtimes import missing_device
 from dynexport.script import ScriptError, load_script
 
@@ -56,6 +57,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="--precision auto and int8: how many points of the script's "
                         "metric below eager f32 a precision may lose (int8 with a metric: NNCF's "
                         "accuracy control keeps in float the layers that cost more; default 1.0)")
+    parser.add_argument("--keep-f32", action="append", default=[],
+                        metavar="FILE:LINE[,FILE:LINE...]",
+                        help="--precision bf16/f16/int8: keep the ops called at these lines in "
+                        "f32 (the report's 'Where it diverges' table suggests them)")
     parser.add_argument("--layout", default="",
                         help="serving repositories to write, among ovms,triton")
     parser.add_argument("--stage-timeout", type=float, default=DEFAULT_DEADLINE,
@@ -105,6 +110,19 @@ def _options(args: argparse.Namespace, target: str) -> Options:
     if any(layout not in LAYOUTS for layout in layouts):
         raise UsageError(f"--layout {args.layout!r} names an unknown layout. Use a "
                          "comma-separated list among ovms,triton, e.g. `--layout ovms`.")
+    keep_f32 = tuple(dict.fromkeys(x.strip() for value in args.keep_f32
+                                   for x in value.split(",") if x.strip()))
+    for location in keep_f32:
+        try:
+            parse_location(location)
+        except ValueError as exc:
+            raise UsageError(f"--keep-f32: {exc}. Name the lines as the report's 'Where it "
+                             "diverges' table does, e.g. `--keep-f32 model.py:42,model.py:57`."
+                             ) from exc
+    if keep_f32 and args.precision in ("f32", "fp16-weights"):
+        raise UsageError(f"--keep-f32 keeps lines in f32 under a reduced precision, and "
+                         f"--precision {args.precision} computes everything in f32. Add "
+                         "`--precision bf16` (or f16, int8, auto), or drop --keep-f32.")
     if not args.stage_timeout > 0:
         raise UsageError(f"--stage-timeout {args.stage_timeout:g} is not a positive number of "
                          "seconds. Give the time a child stage may take, e.g. "
@@ -113,7 +131,8 @@ def _options(args: argparse.Namespace, target: str) -> Options:
     return Options(out_dir=out, targets=targets, verify=not args.no_verify, bench=args.bench,
                    device=args.device, precision=args.precision, layouts=layouts,
                    static=args.static, device_missing=missing_device(args.device),
-                   accuracy_budget=args.accuracy_budget, isolation=isolation)
+                   accuracy_budget=args.accuracy_budget, isolation=isolation,
+                   keep_f32=keep_f32)
 
 
 def _ops(args: argparse.Namespace, console: Console) -> int:

@@ -15,6 +15,7 @@ from torch.export import ExportedProgram
 
 from dynexport import progress
 from dynexport.backends.onnx import to_onnx
+from dynexport.backends.onnx_races import RacyNode, racy_nodes
 from dynexport.backends.openvino import save_openvino, to_openvino, unused_inputs
 from dynexport.coverage import op_name, translate_backend_error, unsupported_ops
 from dynexport.decompositions import decomposition_table
@@ -45,6 +46,8 @@ class Converted:
     artifact: str
     # program inputs the backend's converter dropped (unused) and dynexport kept in the model
     unused_inputs: list[str] = field(default_factory=list)
+    # model.onnx's nodes whose onnxruntime kernel races (read where onnx is loaded already)
+    racing: list[RacyNode] = field(default_factory=list)
 
 
 @dataclass
@@ -98,7 +101,7 @@ def convert(program: ExportedProgram, backend: Backend, out_dir: Path,
             progress.step("saving openvino/model.xml")
             return Converted(backend, str(save_openvino(model, out_dir / "openvino")),
                              unused_inputs(model))
-        return Converted(backend, str(path))
+        return Converted(backend, str(path), racing=racy_nodes(path))
     except Exception as exc:
         progress.step("naming the ops it lacks")
         try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Literal, get_args
 
 StageName = Literal["load", "eager", "capture", "decompose", "onnx", "openvino", "verify",
-                    "precision", "accuracy", "serving", "benchmark"]
+                    "precision", "accuracy", "localize", "serving", "benchmark"]
 StageStatus = Literal["ok", "failed", "skipped"]
 Strategy = Literal["strict", "non_strict", "draft"]
 Category = Literal["data_dependent_branch", "tensor_to_python", "numpy_conversion",
@@ -20,6 +20,10 @@ InputKind = Literal["example", "probe"]
 ShippedPrecision = Literal["f32", "bf16", "f16", "int8", "fp16-weights"]
 Precision = Literal[ShippedPrecision, "auto"]
 Layout = Literal["ovms", "triton"]
+# Why a converted model diverges (report `divergence[].cause`, contract §7) and whose
+# translation the responsible op went through.
+Cause = Literal["lowering", "nondeterminism", "precision"]
+Translation = Literal["exporter", "dynexport", "user"]
 
 STAGE_NAMES: tuple[StageName, ...] = get_args(StageName)
 STAGE_STATUSES: tuple[StageStatus, ...] = get_args(StageStatus)
@@ -32,3 +36,5 @@ INPUT_KINDS: tuple[InputKind, ...] = get_args(InputKind)
 SHIPPED_PRECISIONS: tuple[ShippedPrecision, ...] = get_args(ShippedPrecision)
 PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 LAYOUTS: tuple[Layout, ...] = get_args(Layout)
+CAUSES: tuple[Cause, ...] = get_args(Cause)
+TRANSLATIONS: tuple[Translation, ...] = get_args(Translation)

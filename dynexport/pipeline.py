@@ -36,6 +36,7 @@ from dynexport.stages.capture import CAPTURE_STAGE
 from dynexport.stages.conversion import DECOMPOSE_STAGE, ONNX_STAGE, OPENVINO_STAGE
 from dynexport.stages.eager import EAGER_STAGE
 from dynexport.stages.load import load_stage
+from dynexport.stages.localize import LOCALIZE_STAGE, Localized
 from dynexport.stages.precision import PRECISION_STAGE
 from dynexport.stages.serving import SERVING_STAGE
 from dynexport.stages.verify import VERIFY_STAGE
@@ -57,8 +58,8 @@ class StageObserver(Protocol):
 def stages(loader: ScriptLoader = load_script) -> list[Stage]:
     """Every stage, in the order they run."""
     return [load_stage(loader), EAGER_STAGE, CAPTURE_STAGE, DECOMPOSE_STAGE, ONNX_STAGE,
-            OPENVINO_STAGE, VERIFY_STAGE, PRECISION_STAGE, ACCURACY_STAGE, SERVING_STAGE,
-            BENCHMARK_STAGE]
+            OPENVINO_STAGE, VERIFY_STAGE, PRECISION_STAGE, ACCURACY_STAGE, LOCALIZE_STAGE,
+            SERVING_STAGE, BENCHMARK_STAGE]
 
 
 def run_script(script_path: str | os.PathLike, script_args: list[str], options: Options,
@@ -196,7 +197,8 @@ def evidence(run: Run) -> Evidence:
     script = run.result("load", Script)
     eager = run.evidence("eager", EagerRun)
     decomposed = run.result("decompose", Decomposed)
-    notes = []
+    localized = run.result("localize", Localized) or Localized()
+    notes = list(localized.notes)
     if script is not None and eager is not None and eager.inputs["probe"] is not script.probe:
         notes.append("--static: the script's probe has other sizes than the example, so a "
                      "generated probe of the example's sizes was verified instead")
@@ -221,6 +223,7 @@ def evidence(run: Run) -> Evidence:
         unsupported_ops=[op for failure in failures for op in failure.unsupported_ops],
         notes=notes + [note for failure in failures for note in failure.notes],
         verification=run.results.get("verify") or [],
+        divergence=localized.entries,
         example=script.example if script else None,
         replaced=decomposed.replaced if decomposed else [],
         unused_inputs={backend: converted.unused_inputs for backend in BACKENDS
@@ -243,6 +246,7 @@ def build_report(run: Run, facts: Evidence) -> Report:
         precision=run.result("precision", PrecisionResult),
         serving=served.records if served else [],
         accuracy=run.evidence("accuracy", Accuracy),
+        divergence=facts.divergence,
         notes=facts.notes)
 
 

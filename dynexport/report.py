@@ -11,20 +11,20 @@ from __future__ import annotations
 import html
 import json
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from rich.console import Group
-from rich.table import Table
 from rich.text import Text
 
 from dynexport.benchmark import BenchmarkRecord
 from dynexport.hazards.records import Handled, Hazard, UnsupportedOp, where
+from dynexport.localization.records import Divergence
 from dynexport.measure import Accuracy
 from dynexport.precision import PrecisionResult
+from dynexport.section import STYLES, Section
 from dynexport.serving import ServingRecord
 from dynexport.stage import StageRecord
 from dynexport.verify import Verification
@@ -32,8 +32,6 @@ from dynexport.verify import Verification
 SCHEMA = "dynexport.report/1"
 _VERSIONED = ("dynexport", "torch", "onnx", "onnxruntime", "openvino")
 # Words of a cell that colour its row in a terminal.
-_STYLES = {"ok": "green", "yes": "green", "failed": "red", "NO": "red", "skipped": "dim",
-           "error": "red", "warning": "yellow"}
 
 
 def installed_versions(names: tuple[str, ...] = _VERSIONED) -> dict[str, str | None]:
@@ -45,79 +43,6 @@ def installed_versions(names: tuple[str, ...] = _VERSIONED) -> dict[str, str | N
         except metadata.PackageNotFoundError:
             versions[name] = None
     return versions
-
-
-@dataclass
-class Section:
-    """A titled table of records; every rendering of the report is made of these."""
-
-    title: str
-    columns: tuple[str, ...]
-    rows: list[tuple[str, ...]]
-    note: str | None = None  # a sentence under the title
-    details: list[str | None] = field(default_factory=list)  # raw text per row, HTML folds it
-    # (caption, path relative to report.md) of images under the table
-    pictures: list[tuple[str, str]] = field(default_factory=list)
-
-    @classmethod
-    def of(cls, title: str, records: Sequence[Any], note: str | None = None,
-           pictures: list[tuple[str, str]] | None = None) -> Section:
-        return cls(title, type(records[0]).COLUMNS if records else (),
-                   [record.cells() for record in records], note,
-                   [getattr(record, "detail", None) for record in records], pictures or [])
-
-    def _pictures_line(self) -> str:
-        folders = sorted({str(Path(path).parent) for _, path in self.pictures})
-        return ("Pictures of the first validation sample, one per row: "
-                + ", ".join(folder + "/" for folder in folders))
-
-    def to_markdown(self) -> list[str]:
-        lines = [f"## {self.title}", ""]
-        if self.note:
-            lines += [self.note, ""]
-        if self.rows:
-            lines += ["| " + " | ".join(self.columns) + " |",
-                      "|" + "---|" * len(self.columns)]
-            lines += ["| " + " | ".join(_md_cell(cell) for cell in row) + " |"
-                      for row in self.rows]
-            lines.append("")
-        for caption, path in self.pictures:
-            lines += [f"**{caption}**", "", f"![{caption}]({path})", ""]
-        return lines
-
-    def __rich__(self) -> Table | Text | Group:
-        if self.pictures:
-            return Group(Section(self.title, self.columns, self.rows, self.note, self.details),
-                         Text(self._pictures_line()))
-        if not self.rows:
-            return Text(f"{self.title}: {self.note or 'none'}",
-                        style="green" if self.title == "Hazards" else "")
-        table = Table(title=self.title + (f": {self.note}" if self.note else ""),
-                      title_justify="left")
-        for column in self.columns:
-            table.add_column(column)
-        for row in self.rows:
-            table.add_row(*(Text(_first_line(cell), style=_STYLES.get(cell.split(" ")[0], ""))
-                            for cell in row))
-        return table
-
-    def _repr_html_(self) -> str:
-        head = f"<h4>{html.escape(self.title)}</h4>"
-        if self.note:
-            head += f"<p>{html.escape(self.note)}</p>"
-        if self.pictures:
-            head += f"<p>{html.escape(self._pictures_line())}</p>"
-        if not self.rows:
-            return head
-        header = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
-        details = self.details or [None] * len(self.rows)
-        body = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row[:-1])
-            + f"<td>{html.escape(row[-1])}"
-            + (f"<details><summary>torch says</summary><pre>{html.escape(detail)}</pre>"
-               "</details>" if detail else "") + "</td></tr>"
-            for row, detail in zip(self.rows, details, strict=True))
-        return f"{head}<table><tr>{header}</tr>{body}</table>"
 
 
 @dataclass(repr=False)
@@ -135,15 +60,19 @@ class Report:
     precision: PrecisionResult | None = None  # --precision other than f32
     serving: list[ServingRecord] = field(default_factory=list)  # --layout
     accuracy: Accuracy | None = None  # the script's metric on its validation data
+    divergence: list[Divergence] = field(default_factory=list)  # where a model left eager
     versions: dict[str, str | None] = field(default_factory=installed_versions)
     notes: list[str] = field(default_factory=list)  # what a stage could only judge partly
 
     @property
     def ok(self) -> bool:
-        """Every stage that ran succeeded, verification passed, no hazard is an error."""
+        """Every stage that ran succeeded, verification passed, no hazard is an error, and no
+        converted model diverges other than by a reduced precision's rounding (a kernel that
+        races fails the run even where this run's verification agreed)."""
         return (all(stage.status != "failed" for stage in self.stages)
                 and all(record.passed for record in self.verification)
-                and not any(hazard.severity == "error" for hazard in self.hazards))
+                and not any(hazard.severity == "error" for hazard in self.hazards)
+                and all(entry.cause == "precision" for entry in self.divergence))
 
     def sorted_hazards(self) -> list[Hazard]:
         return sorted(self.hazards, key=lambda h: h.sort_key)
@@ -158,6 +87,7 @@ class Report:
             ("Handled by dynexport", self.handled, None),
             ("Unsupported ops", self.unsupported_ops, None),
             ("Verification against eager PyTorch", self.verification, None),
+            ("Where it diverges", self.divergence, None),
             (f"Precision {precision.precision} against f32",
              precision.candidates or precision.comparisons, precision.summary())
             if precision is not None else None,
@@ -192,6 +122,8 @@ class Report:
             data["precision"] = self.precision.to_json()
         if self.accuracy is not None:
             data["accuracy"] = self.accuracy.to_json()
+        if self.divergence:
+            data["divergence"] = [entry.to_json() for entry in self.divergence]
         if self.serving:
             data["serving"] = [record.to_json() for record in self.serving]
         if self.notes:
@@ -247,7 +179,7 @@ def _rich_hazards(hazards: list[Hazard]) -> Text:
     """Hazards read better in a terminal as a list than as a table with long cells."""
     text = Text(f"Hazards ({len(hazards)})\n", style="bold")
     for h in hazards:
-        text.append(f"{h.severity:7} ", style=_STYLES[h.severity])
+        text.append(f"{h.severity:7} ", style=STYLES[h.severity])
         text.append(f"{h.category}  ", style="bold")
         text.append(where(h.file, h.line, short=True) + "\n", style="cyan")
         if h.code:
@@ -255,12 +187,3 @@ def _rich_hazards(hazards: list[Hazard]) -> Text:
         text.append(f"        {h.message}\n")
         text.append(f"        fix: {h.fix}\n", style="green")
     return text
-
-
-def _first_line(cell: str) -> str:
-    first = cell.splitlines()[0] if cell else ""
-    return first[:160] + ("…" if len(first) > 160 or "\n" in cell else "")
-
-
-def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", "<br>")

@@ -72,18 +72,34 @@ def default_threads() -> int:
     return max(2, os.cpu_count() or 2)
 
 
+def race_threads() -> int:
+    """Intra-op threads for verification's multi-threaded onnxruntime session: at least 4, more
+    than a 2-core machine has, so that two threads of a racing kernel overlap there too."""
+    return max(4, os.cpu_count() or 1)
+
+
 class OnnxRuntimeRunner:
-    """An onnxruntime CPU session, fed and read by the program's names (`signature`)."""
+    """An onnxruntime CPU session, fed and read by the program's names (`signature`).
+
+    For a few checking runs rather than timed ones: `spin=False` lets idle intra-op threads
+    sleep instead of spinning (with more threads than cores, spinning threads take the cores
+    from the working ones: 3-9x slower runs of a ScatterND model at 4 threads on 2 cores,
+    measured); `arena=False` returns each run's memory instead of keeping it in onnxruntime's
+    arena (FlashOcc M0's verification, two sessions one after the other, peaked 0.7 GB higher
+    with their arenas)."""
 
     name = "onnxruntime"
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None,
-                 signature: Signature | None = None):
+                 signature: Signature | None = None, spin: bool = True, arena: bool = True):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or default_threads()
         options.log_severity_level = 3
+        options.enable_cpu_mem_arena = arena
+        if not spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options,
                                             providers=["CPUExecutionProvider"])
         self.names = _ByName(self.name, [i.name for i in self.session.get_inputs()],

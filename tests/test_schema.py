@@ -31,6 +31,13 @@ def test_schema_enums_are_the_code_vocabularies():
     assert _enum("benchmark", "items", "properties", "runtime") == ["eager", *names.RUNTIMES]
     assert _enum("precision", "properties", "precision") == list(names.SHIPPED_PRECISIONS)
     assert _enum("serving", "items", "properties", "layout") == list(names.LAYOUTS)
+    divergence = ("divergence", "items", "properties")
+    assert _enum(*divergence, "runtime") == list(names.RUNTIMES)
+    assert _enum(*divergence, "precision") == [p for p in names.SHIPPED_PRECISIONS
+                                               if p != "fp16-weights"]
+    assert _enum(*divergence, "cause") == list(names.CAUSES)
+    assert _enum(*divergence, "culprits", "items", "properties", "translation") == [
+        *names.TRANSLATIONS, None]
     assert names.PRECISIONS == (*names.SHIPPED_PRECISIONS, "auto")
 
 

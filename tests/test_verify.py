@@ -1,3 +1,6 @@
+import os
+import weakref
+
 import numpy as np
 import pytest
 import torch
@@ -5,7 +8,14 @@ from helpers import read_report
 
 from dynexport.inputs import Inputs, flatten_outputs
 from dynexport.tolerance import Tolerance, parse_tolerances
-from dynexport.verify import compare, verify
+from dynexport.verify import (
+    RACE_THREADS_REPEATS,
+    RACING_KERNEL_REPEATS,
+    Session,
+    compare,
+    verification_sessions,
+    verify,
+)
 
 
 def _expected(eager, inputs):
@@ -48,32 +58,140 @@ def test_integer_outputs_tolerate_rare_label_flips_only():
 
 
 class _NumpyRunner:
-    """An independent runtime: the model's math written again in numpy."""
+    """An independent runtime: the model's math written again in numpy, off by `offsets[i]`
+    on its i-th call (cycling)."""
 
     name = "onnxruntime"
 
-    def __init__(self, offset_on_second_call: float = 0.0):
+    def __init__(self, offsets=(0.0,)):
         self.calls = 0
-        self.offset = offset_on_second_call
+        self.offsets = offsets
 
     def run(self, inputs):
-        self.calls += 1
         (x,) = inputs
-        out = np.maximum(x, 0) * 2
-        return [out + (self.offset if self.calls % 2 == 0 else 0.0)]
+        offset = self.offsets[self.calls % len(self.offsets)]
+        self.calls += 1
+        return [np.maximum(x, 0) * 2 + offset]
+
+
+def _relu2(inputs):
+    return torch.relu(inputs.args[0]) * 2
 
 
 def test_verify_compares_each_input_and_keeps_the_worst_repeat():
-    def eager(inputs):
-        return torch.relu(inputs.args[0]) * 2
-
     inputs = {"example": Inputs((torch.randn(5),)), "probe": Inputs((torch.randn(5),))}
-    good = verify(_expected(eager, inputs), _NumpyRunner(), inputs)
+    good = verify("onnxruntime", _expected(_relu2, inputs), [Session(_NumpyRunner, 2)], inputs)
     assert [(r.inputs, r.passed) for r in good] == [("example", True), ("probe", True)]
-    racy = verify(_expected(eager, inputs), _NumpyRunner(offset_on_second_call=0.5), inputs,
-                  repeats=2)
+    assert all(r.self_max_abs_diff == 0 and r.self_disagreement is None for r in good)
+    assert all("self_max_abs_diff" not in r.to_json() for r in good)
+    racy = verify("onnxruntime", _expected(_relu2, inputs),
+                  [Session(lambda: _NumpyRunner((0.0, 0.5)), 2)], inputs)
     assert not any(r.passed for r in racy)
     assert all(r.max_abs_diff == pytest.approx(0.5) for r in racy)
+    assert [r.self_disagreement for r in racy] == ["2 runs: max abs 0.5"] * 2
+
+
+def test_self_disagreement_names_the_settings_that_disagreed():
+    inputs = {"example": Inputs((torch.randn(50),))}
+    # one thread exact; four threads off by 0.25 on one run of three, 1.5 on another
+    sessions = [Session(_NumpyRunner, 1, "1 thread"),
+                Session(lambda: _NumpyRunner((0.0, 0.25, 1.5)), 3, "4 threads")]
+    (record,) = verify("onnxruntime", _expected(_relu2, inputs), sessions, inputs)
+    assert not record.passed and record.max_abs_diff == pytest.approx(1.5)  # the worst run
+    assert record.self_max_abs_diff == pytest.approx(1.5)
+    assert record.self_disagreement == ("1 thread vs 4 threads: max abs 1.5; "
+                                        "3 runs at 4 threads: max abs 1.5")
+    data = record.to_json()
+    assert data["self_max_abs_diff"] == pytest.approx(1.5)
+    assert data["self_disagreement"] == record.self_disagreement
+    assert record.cells()[-1] == record.self_disagreement
+    # runs that agree with each other but not with eager: wrong, yet deterministic
+    steady = [Session(lambda: _NumpyRunner((0.5,)), 1, "1 thread"),
+              Session(lambda: _NumpyRunner((0.5,)), 3, "4 threads")]
+    (record,) = verify("onnxruntime", _expected(_relu2, inputs), steady, inputs)
+    assert not record.passed and record.self_disagreement is None
+    assert record.self_max_abs_diff == 0.0
+
+
+def test_one_session_is_open_at_a_time_and_one_that_cannot_open_fails_every_record():
+    inputs = {"example": Inputs((torch.randn(5),)), "probe": Inputs((torch.randn(5),))}
+    alive = weakref.WeakSet()
+
+    class Tracked(_NumpyRunner):
+        def __init__(self):
+            super().__init__()
+            assert not alive, "the previous session is still open"
+            alive.add(self)
+
+    records = verify("onnxruntime", _expected(_relu2, inputs),
+                     [Session(Tracked, 1, "1 thread"), Session(Tracked, 2, "4 threads")], inputs)
+    assert [(r.inputs, r.passed) for r in records] == [("example", True), ("probe", True)]
+
+    def refuses():
+        raise RuntimeError("cannot compile")
+
+    records = verify("onnxruntime", _expected(_relu2, inputs),
+                     [Session(_NumpyRunner, 1, "1 thread"), Session(refuses, 2, "4 threads")],
+                     inputs)
+    assert all(r.runtime_failed and r.error == "compiling: RuntimeError: cannot compile"
+               for r in records) and len(records) == 2
+
+
+def _scatter_model(path, reduction: str) -> None:
+    """data[indices] (reduction)= updates, as an ONNX file."""
+    from onnx import TensorProto, helper, save
+
+    tensor = helper.make_tensor_value_info
+    save(helper.make_model(helper.make_graph(
+        [helper.make_node("ScatterND", ["data", "indices", "updates"], ["out"],
+                          reduction=reduction)], "g",
+        [tensor("data", TensorProto.FLOAT, [4]), tensor("indices", TensorProto.INT64, [3, 1]),
+         tensor("updates", TensorProto.FLOAT, [3])],
+        [tensor("out", TensorProto.FLOAT, [4])]),
+        opset_imports=[helper.make_opsetid("", 18)]), path)
+
+
+@pytest.mark.parametrize("reduction, repeats", [("none", RACE_THREADS_REPEATS),
+                                                ("add", RACING_KERNEL_REPEATS)])
+def test_onnxruntime_runs_at_one_thread_then_more_when_a_kernel_races(tmp_path, reduction,
+                                                                        repeats):
+    _scatter_model(tmp_path / "m.onnx", reduction)
+    one, many = verification_sessions("onnxruntime", tmp_path / "m.onnx")
+    threads = max(4, os.cpu_count())
+    assert [(s.repeats, s.settings) for s in (one, many)] == [
+        (1, "1 thread"), (repeats, f"{threads} threads")]
+    assert [s.open().session.get_session_options().intra_op_num_threads
+            for s in (one, many)] == [1, threads]
+    inputs = {"example": Inputs((torch.zeros(4), torch.tensor([[1], [1], [3]]),
+                                 torch.tensor([1.0, 2.0, 4.0])))}
+    expected = {"example": [("out", np.array([0.0, 3.0 if reduction == "add" else 2.0, 0.0,
+                                              4.0], dtype=np.float32))]}
+    (record,) = verify("onnxruntime", expected, [one, many], inputs)
+    assert record.passed and record.max_abs_diff == 0
+
+
+def test_self_disagreement_of_integer_and_non_finite_outputs():
+    class Labels:
+        name = "openvino"
+
+        def __init__(self):
+            self.calls = 0
+
+        def run(self, inputs):
+            self.calls += 1
+            labels = np.arange(6)
+            scores = np.array([np.nan, np.inf, 1.0])
+            if self.calls == 2:
+                labels[0] = 3  # one flipped label on the second run
+            return [labels, scores]
+
+    def eager(inputs):
+        return {"labels": torch.arange(6), "scores": torch.tensor([np.nan, np.inf, 1.0])}
+
+    inputs = {"example": Inputs((torch.ones(1),))}
+    labels, scores = verify("openvino", _expected(eager, inputs), [Session(Labels, 2)], inputs)
+    assert labels.self_disagreement == "2 runs: max abs 3"
+    assert scores.self_disagreement is None  # the same NaN and inf on both runs
 
 
 def test_a_runtime_error_is_a_failed_record():
@@ -87,7 +205,8 @@ def test_a_runtime_error_is_a_failed_record():
                 "CPU plug-in doesn't support Parameter operation with dynamic rank.\n")
 
     inputs = {"probe": Inputs((torch.ones(2),))}
-    records = verify(_expected(lambda i: i.args[0] + 1, inputs), Refuses(), inputs)
+    records = verify("openvino", _expected(lambda i: i.args[0] + 1, inputs), [Session(Refuses)],
+                     inputs)
     assert len(records) == 1 and not records[0].passed and records[0].runtime_failed
     assert records[0].error == ("RuntimeError: CPU plug-in doesn't support Parameter operation "
                                 "with dynamic rank.")  # the location noise is dropped

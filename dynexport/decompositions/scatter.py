@@ -1,15 +1,19 @@
-"""index_add as scatter_add: exact in every runtime.
+"""index_add and index_put(accumulate=True) as scatter_add: exact in every runtime.
 
-torch.onnx lowers `index_add` to ScatterND with reduction "add", which onnxruntime's CPU kernel
-computes wrongly, and differently from run to run, when indices repeat and the session has
-more than one thread (onnxruntime #18048, #23396). OpenVINO's PyTorch frontend rejects
-`aten.index_add.default` outright ("Got less inputs 4 than expected 5", OpenVINO 2026.4).
-scatter_add becomes ScatterElements(add) in ONNX, exact with any thread count, and converts
-in OpenVINO."""
+torch.onnx lowers `index_add` and `index_put(..., accumulate=True)` to ScatterND with reduction
+"add", which onnxruntime's CPU kernel computes wrongly, and differently from run to run, when
+indices repeat and the session has more than one thread (onnxruntime #18048, #23396).
+scatter_add becomes ScatterElements(add), whose kernel gives no two threads one element and
+sums each element in index order: exact and deterministic with any thread count
+(backends/onnx_races.py cites onnxruntime's source for both). OpenVINO's PyTorch frontend
+rejects `aten.index_add.default` outright ("Got less inputs 4 than expected 5", OpenVINO
+2026.4) and converts scatter_add.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -30,6 +34,40 @@ def index_add(self: torch.Tensor, dim: int, index: torch.Tensor, source: torch.T
     return self.scatter_add(dim, expanded, source.to(self.dtype))
 
 
+def index_put(self: torch.Tensor, indices: Sequence[torch.Tensor | None], values: torch.Tensor,
+              accumulate: bool = False) -> torch.Tensor:
+    """`self.index_put(indices, values, accumulate=True)` for integer index tensors over the
+    leading dims: their broadcast indices become one flat index into those dims, and the
+    values are index_add-ed along dim 0 of `self` viewed as (cells, *rest).
+
+    Declines (the op stays) without accumulate (a write, not a sum: torch.onnx's ScatterND
+    without reduction) and for boolean masks or skipped dims (None)."""
+    if not accumulate or self.dim() == 0 or not 0 < len(indices) <= self.dim():
+        return NotImplemented
+    if any(index is None or index.dtype in (torch.bool, torch.uint8) for index in indices):
+        return NotImplemented
+    indexed, rest = self.shape[:len(indices)], self.shape[len(indices):]
+    flat = None
+    for index, size in zip(torch.broadcast_tensors(*indices), indexed, strict=True):
+        index = index.to(torch.int64)
+        index = torch.where(index < 0, index + size, index)  # negative counts from the end
+        flat = index if flat is None else flat * size + index
+    # Sizes spelled out: reshape(-1, ...) is ambiguous when `rest` holds a 0.
+    cells = self.reshape(math.prod(indexed), *rest)
+    source = values.expand(*flat.shape, *rest).reshape(flat.numel(), *rest)
+    return index_add(cells, 0, flat.reshape(-1), source).reshape(self.shape)
+
+
+def index_put_(self: torch.Tensor, indices: Sequence[torch.Tensor | None],
+               values: torch.Tensor, accumulate: bool = False) -> torch.Tensor:
+    """In place, as captured from `bev.index_put_(...)`: the sum is copied back into `self`,
+    so later readers of `self` still see the mutation."""
+    result = index_put(self, indices, values, accumulate)
+    return result if result is NotImplemented else self.copy_(result)
+
+
 def table() -> dict[OpOverload, Callable]:
     """This module's entries of the decomposition table."""
-    return {torch.ops.aten.index_add.default: index_add}
+    return {torch.ops.aten.index_add.default: index_add,
+            torch.ops.aten.index_put.default: index_put,
+            torch.ops.aten.index_put_.default: index_put_}

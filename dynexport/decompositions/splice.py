@@ -26,7 +26,10 @@ from torch.utils import _pytree as pytree
 
 from dynexport.adapters.torch_export import OpOverload, copied_from, fake_mode_of
 
-__all__ = ["SpliceUnsupported", "splice_decompositions"]
+__all__ = ["DECOMPOSED_FROM", "SpliceUnsupported", "splice_decompositions"]
+
+# Node meta key: the op a spliced node's decomposition replaced.
+DECOMPOSED_FROM = "dynexport_decomposed_from"
 
 
 class SpliceUnsupported(RuntimeError):
@@ -120,6 +123,7 @@ def _replace(graph: fx.Graph, node: fx.Node, decomposition: Callable) -> None:
         for key, value in node.meta.items():  # the user's line, module path, provenance
             if key not in ("val", "tensor_meta"):
                 new.meta[key] = value
+        new.meta[DECOMPOSED_FROM] = node.target  # whose lowering a wrong value is: dynexport's
     if isinstance(node.meta.get("val"), list | tuple):
         for user in list(node.users):
             if user.target is not operator.getitem:

@@ -1,5 +1,6 @@
 """baked_constant: a converted model that matches eager on the example but not on the probe
-has a value of the example baked into its graph."""
+has a value of the example baked into its graph, unless localisation found where the converted
+model left the program's own values on the probe (then the divergence entry speaks)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,12 @@ def from_verification(evidence: Evidence) -> list[Hazard]:
     for runtime in dict.fromkeys(r.runtime for r in records):
         mine = [r for r in records if r.runtime == runtime]
         example_ok = all(r.passed for r in mine if r.inputs == "example")
-        failed = [r for r in mine if r.inputs == "probe" and not r.passed and r.error is None]
-        if example_ok and failed:
+        # a runtime that disagreed with itself raced: that is no value frozen into the graph
+        failed = [r for r in mine if r.inputs == "probe" and not r.passed and r.error is None
+                  and not r.self_disagreement]
+        localised = any(d.runtime == runtime and d.inputs == "probe" and d.precision == "f32"
+                        for d in evidence.divergence)
+        if example_ok and failed and not localised:
             worst = max(failed, key=lambda r: r.max_abs_diff)
             found.append(hazard(
                 "baked_constant.from_verification", "baked_constant", "error",

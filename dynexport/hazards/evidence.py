@@ -11,6 +11,7 @@ from dynexport.capture import Capture
 from dynexport.hazards.conversions import Conversion
 from dynexport.hazards.records import Hazard, SourceLocation, UnsupportedOp
 from dynexport.inputs import Inputs
+from dynexport.localization.records import Divergence
 from dynexport.verify import Verification
 
 
@@ -26,6 +27,8 @@ class Evidence:
     capture: Capture | None = None
     unsupported_ops: list[UnsupportedOp] = field(default_factory=list)
     verification: list[Verification] = field(default_factory=list)
+    # where a converted model left the program's values, and why (the localize stage)
+    divergence: list[Divergence] = field(default_factory=list)
     example: Inputs | None = None
     # ops dynexport's decompositions replaced, at the user's lines
     replaced: list[tuple[str, SourceLocation | None]] = field(default_factory=list)

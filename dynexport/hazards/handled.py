@@ -21,6 +21,10 @@ _REPLACEMENTS = {
     "aten.linalg_solve_ex.default": "pivoted Gauss-Jordan elimination",
     "aten._linalg_solve_ex.default": "pivoted Gauss-Jordan elimination",
     "aten.index_add.default": "scatter_add (exact under multi-threaded onnxruntime)",
+    "aten.index_put.default": "index_add over a flat index (exact under multi-threaded "
+                              "onnxruntime)",
+    "aten.index_put_.default": "index_add over a flat index (exact under multi-threaded "
+                               "onnxruntime)",
     "higher_order.map_impl": "its body once per slice of the static mapped dimension, stacked",
 }
 

@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
-_FLOAT = {"FP32", "FP16", "BF16", "FP64"}
+FLOATS = {"FP32", "FP16", "BF16", "FP64"}
 # Learned layers: the bulk of the arithmetic, which reduced precision is meant for. The walk
 # from an index stops there; their inputs are features, not coordinates.
 _LEARNED = {"Convolution", "GroupConvolution", "ConvolutionBackpropData",
@@ -24,22 +24,24 @@ class _Layer:
     name: str
     inputs: dict[str, str]  # port id → precision
     outputs: dict[str, str]
+    tensors: list[str]  # the names of its output tensors
 
 
-class _IR:
-    """model.xml as a graph of layers and port-to-port edges."""
+class IRGraph:
+    """model.xml (its parsed root element) as a graph of layers and port-to-port edges."""
 
-    def __init__(self, xml: Path):
-        root = ET.parse(xml).getroot()
+    def __init__(self, root: ET.Element):
         self.layers: dict[str, _Layer] = {}
         for element in root.iter("layer"):
-            ports = {}
+            ports, tensors = {}, []
             for kind in ("input", "output"):
                 block = element.find(kind)
                 ports[kind] = {} if block is None else {
                     port.get("id"): port.get("precision", "") for port in block.findall("port")}
+            for port in element.findall("output/port"):
+                tensors += [name for name in port.get("names", "").split(",") if name]
             self.layers[element.get("id")] = _Layer(element.get("type"), element.get("name"),
-                                                    ports["input"], ports["output"])
+                                                    ports["input"], ports["output"], tensors)
         self.producer: dict[tuple[str, str], tuple[str, str]] = {}
         self.consumers: dict[tuple[str, str], list[tuple[str, str]]] = {}
         for edge in root.iter("edge"):
@@ -74,7 +76,7 @@ class _IR:
                 if layer.type == "Result" or target_layer in seen:
                     continue
                 if layer.type not in _PASS_THROUGH or any(
-                        p in _FLOAT for p in layer.outputs.values()):
+                        p in FLOATS for p in layer.outputs.values()):
                     return True
                 seen.add(target_layer)
                 pending += [(target_layer, p) for p in layer.outputs]
@@ -85,8 +87,8 @@ class _IR:
         boundaries = [
             layer_id for layer_id, layer in self.layers.items()
             if layer.type not in ("Const", "Parameter", "ShapeOf")
-            and any(p in _FLOAT for p in layer.inputs.values())
-            and any(p not in _FLOAT and p != "BOOL" and self.used_as_integer(layer_id, port)
+            and any(p in FLOATS for p in layer.inputs.values())
+            and any(p not in FLOATS and p != "BOOL" and self.used_as_integer(layer_id, port)
                     for port, p in layer.outputs.items())]
         found: dict[str, None] = {}
         pending = list(boundaries)
@@ -97,7 +99,7 @@ class _IR:
             found[layer_id] = None
             for port, precision in self.layers[layer_id].inputs.items():
                 source = self.producer.get((layer_id, port))
-                if precision not in _FLOAT or source is None:
+                if precision not in FLOATS or source is None:
                     continue
                 producer = self.layers[source[0]]
                 if producer.type == "Parameter" or self.is_learned(source[0]):
@@ -112,5 +114,5 @@ def index_math_layers(xml: str | os.PathLike) -> list[str]:
     sizes) inside the graph: floating-point layers upstream of a float → integer step whose
     result is not only a model output (labels are), stopping at learned layers
     (convolutions, matrix products with constant weights) and at inputs."""
-    ir = _IR(Path(xml))
+    ir = IRGraph(ET.parse(Path(xml)).getroot())
     return [ir.layers[i].name for i in ir.index_math()]

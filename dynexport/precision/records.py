@@ -18,7 +18,50 @@ class PrecisionError(RuntimeError):
     """A precision cannot be produced here (e.g. NNCF missing); the message says what to do."""
 
 
+@dataclass
+class KeptF32:
+    """The layers kept in f32: bf16/f16 mark them in the IR (keep_f32.py) or, bf16 on the CPU,
+    type everything else bf16 (`explicit`, explicit.py); int8 leaves them out of
+    quantisation. `reduced`: those the compiled model's runtime graph (bf16/f16) or the
+    quantised IR (int8) shows reduced anyway; None where the device's runtime graph does not
+    say. `unseen`: those the runtime graph does not name (folded, or rebuilt under another
+    name). `unmatched`: `--keep-f32` fx nodes no layer comes from."""
 
+    index_math: list[str]
+    chosen: list[str]  # from --keep-f32
+    unmatched: list[str]
+    reduced: list[str] | None = None
+    unseen: list[str] = field(default_factory=list)
+    explicit: bool = False
+
+    @property
+    def layers(self) -> list[str]:
+        """The index math and the chosen layers, each once."""
+        return list(dict.fromkeys(self.index_math + self.chosen))
+
+    def summary(self, precision: str) -> str:
+        done = ("left out of quantisation" if precision == "int8"
+                else f"kept in f32 under {precision}"
+                + (" by their element types" if self.explicit else ""))
+        text = (f"{len(self.layers)} layers {done} (index math: {len(self.index_math)}; "
+                f"--keep-f32: {len(self.chosen)})")
+        if self.reduced is None:
+            text += "; the device's runtime graph does not say which precision they ran in"
+        elif self.reduced:
+            shown = ", ".join(self.reduced[:3]) + (", …" if len(self.reduced) > 3 else "")
+            text += (f"; {len(self.reduced)} of them still reduced ({shown}): "
+                     + ("NNCF quantised them" if precision == "int8" else
+                        "the runtime graph shows them in bf16 though the IR types them f32"
+                        if self.explicit else
+                        "the plugin computed them in reduced precision anyway (on the CPU under "
+                        "bf16, a node its passes rebuild loses the mark: docs/devices.md)"))
+        if self.unseen:
+            text += (f"; {len(self.unseen)} of them are not in the runtime graph (folded when "
+                     "compiling, or rebuilt under another name: precision unknown)")
+        if self.unmatched:
+            text += (f"; --keep-f32: no layer comes from {', '.join(self.unmatched)} (folded, "
+                     "or merged into another layer by the conversion)")
+        return text
 
 
 @dataclass
@@ -125,9 +168,11 @@ class PrecisionResult:
     """What `--precision` produced and how it compares with f32."""
 
     precision: Precision
-    artifact: str | None  # the IR written (int8, fp16-weights); None: the f32 IR with a hint
-    openvino_config: dict[str, str]  # compile_model config it was measured with
-    inference_precision: str  # what the compiled model reports (bf16 falls back on old CPUs)
+    artifact: str | None  # the IR written; None: the f32 IR with a hint
+    openvino_config: dict[str, str]  # compile_model config it was measured with, and needs
+    # what the compiled model computes in: its INFERENCE_PRECISION_HINT (bf16 falls back on old
+    # CPUs), or for bf16 in the IR's types (KeptF32.explicit) whether its runtime graph has bf16
+    inference_precision: str
     f32_median_ms: float
     median_ms: float
     speedup: float
@@ -142,10 +187,14 @@ class PrecisionResult:
     note: str | None = None
     # int8 with the script's metric: what nncf.quantize_with_accuracy_control did
     accuracy_control: AccuracyControlResult | None = None
+    # bf16, f16, int8: the index math and --keep-f32's layers kept in f32; None: none
+    kept_f32: KeptF32 | None = None
 
     def remarks(self) -> str | None:
-        """The note and what accuracy control did, as sentences; None when neither."""
-        parts = [self.note, self.accuracy_control and self.accuracy_control.summary()]
+        """The note, what accuracy control did and which layers stayed f32, as sentences; None
+        when none of them."""
+        parts = [self.note, self.accuracy_control and self.accuracy_control.summary(),
+                 self.kept_f32 and self.kept_f32.summary(self.precision)]
         return " ".join(f"{p}." for p in parts if p) or None
 
     def summary(self) -> str:
@@ -169,6 +218,8 @@ class PrecisionResult:
         if self.accuracy_control is not None:
             data["accuracy_control"] = self.accuracy_control.to_json()
         data["not_quantized"] = None if self.not_quantized is None else len(self.not_quantized)
+        # Not in the report's schema yet: report.md and the terminal show it (remarks).
+        del data["kept_f32"]
         for comparison in data["comparisons"]:
             comparison["max_abs_diff"] = json_number(comparison["max_abs_diff"])
         return data

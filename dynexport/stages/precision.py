@@ -4,11 +4,12 @@ AUTO_CANDIDATES by the script's metric (dynexport/precision/ makes and measures 
 from __future__ import annotations
 
 from dynexport.capture import Capture
-from dynexport.conversion import Converted, program_signature
+from dynexport.conversion import Converted, Decomposed, program_signature
 from dynexport.eager import EagerRun
 from dynexport.isolation import run_isolated
 from dynexport.measure import eager_on_validation, measure
 from dynexport.names import Precision
+from dynexport.precision.keep_f32 import fx_nodes_at
 from dynexport.precision.records import AccuracyControl, Candidate, PrecisionError, PrecisionResult
 from dynexport.precision.variants import apply_precision, variant_ir
 from dynexport.runtimes import DEFAULT_OPENVINO_CONFIG
@@ -36,18 +37,33 @@ def _make_precision(run: Run) -> PrecisionResult:
         spec = run.result("capture", Capture).program.call_spec.out_spec
         control = AccuracyControl(script.validation(), script.metric, spec,
                                   run.options.accuracy_budget)
+    keep_f32 = _kept_nodes(run)
 
     def made(precision: Precision) -> PrecisionResult:
         return run_isolated(
             lambda: apply_precision(precision, f32.artifact, run.options.out_dir, inputs,
                                     calibration, names, run.options.device,
                                     control=control if precision == "int8" else None,
-                                    labelled=script.labelled_outputs()),
+                                    labelled=script.labelled_outputs(), keep_f32=keep_f32),
             f"--precision {precision}", run.options.isolation)
 
     if run.options.precision != "auto":
         return made(run.options.precision)
     return _choose(run, script, made)
+
+
+def _kept_nodes(run: Run) -> list[str]:
+    """The FX nodes made at --keep-f32's lines; a line that makes none fails the stage."""
+    if not run.options.keep_f32:
+        return []
+    found = fx_nodes_at(run.result("decompose", Decomposed).program, run.options.keep_f32)
+    empty = [location for location, nodes in found.items() if not nodes]
+    if empty:
+        raise StageFailed(f"--keep-f32 {', '.join(empty)}: no op of the converted program was "
+                          "called at that line. Name lines as the report's 'Where it diverges' "
+                          "table (or a hazard) shows them: the line of your code that calls "
+                          "the op.")
+    return [node for nodes in found.values() for node in nodes]
 
 
 def _choose(run: Run, script: Script, made) -> PrecisionResult:
@@ -95,6 +111,7 @@ def _choose(run: Run, script: Script, made) -> PrecisionResult:
     return chosen
 
 
-PRECISION_STAGE = Stage("precision", _make_precision, needs=("capture", "eager", "openvino"),
+PRECISION_STAGE = Stage("precision", _make_precision,
+                        needs=("capture", "decompose", "eager", "openvino"),
                         requested=lambda run: ABSENT if run.options.precision == "f32"
                         else Request.skipped_unless(run.options.device_missing))

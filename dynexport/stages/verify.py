@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dynexport.conversion import converted_models, program_signature
+from dynexport.conversion import Converted, converted_models, program_signature
 from dynexport.eager import EagerRun
 from dynexport.names import BACKENDS
 from dynexport.script import Script, ScriptError
@@ -21,10 +21,13 @@ def _verify(run: Run) -> list[Verification]:
             f"`tolerances` in {script.path} names {', '.join(map(repr, unknown))}, which the "
             f"model does not return (its outputs: {', '.join(eager.output_names())}). Use the "
             "output names of the report's verification table.")
+    onnx = run.result("onnx", Converted)
+    racing = bool(onnx and onnx.racing)
     return [record for runtime, artifact in converted_models(run)
             for record in verify_artifact(runtime, Path(artifact), run.options.device,
                                           eager.outputs, eager.inputs, run.options.isolation,
-                                          tolerances, program_signature(run))]
+                                          tolerances, program_signature(run),
+                                          racing=racing and runtime == "onnxruntime")]
 
 
 def _requested(run: Run) -> Request:
