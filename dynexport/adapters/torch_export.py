@@ -171,7 +171,6 @@ def is_higher_order(target: object, name: str | None = None) -> bool:
     return isinstance(target, HigherOrderOperator) and (name is None or target.name() == name)
 
 
-
 def has_unbacked_size(value: object) -> bool:
     """True for a fake tensor with a size that depends on data (an unbacked symbol, u0):
     the output of nonzero, of a boolean mask, of nms."""
