@@ -50,10 +50,11 @@ NOTES = [
     "and onnxruntime accept it; OpenVINO's AvgPool shape inference rejects a kernel larger "
     "than the input (`Kernel after dilation has size (dim: 320) larger than the data shape "
     "after padding (dim: 2)`), at compile/first inference, with raw `ov.convert_model` as "
-    "with dynexport. Reproducer: `torch.export.export(nn.AvgPool2d(320, ceil_mode=True), "
-    "(torch.randn(2, 8, 2, 2),))` then `ov.convert_model` + compile. A decomposition of "
-    "`avg_pool2d` whose kernel covers the whole (unpadded) input into a spatial mean would fix "
-    "it for both routes.",
+    "with the raw `ov.convert_model`. Reproducer: `torch.export.export(nn.AvgPool2d(320, "
+    "ceil_mode=True), (torch.randn(2, 8, 2, 2),))` then `ov.convert_model` + compile. "
+    "dynexport decomposes an `avg_pool2d` whose window covers the whole unpadded input into "
+    "the spatial mean it computes (dynexport/decompositions/pooling.py), so its OpenVINO route "
+    "converts and verifies.",
     "**swin, ONNX**: with a dynamic batch, torch.onnx's decomposition step fails on an "
     "`aten.view` of a non-contiguous tensor (`Cannot view a tensor with shape "
     "torch.Size([4*s6, 16, 2, 16]) and strides (512, 16, 256, 1) as a tensor with shape "

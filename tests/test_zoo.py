@@ -28,11 +28,6 @@ RUNS = {(runtime, inputs) for runtime in ("onnxruntime", "openvino")
 # Failures of the model on a backend that the raw tools share (docs/coverage.md):
 # name -> (backend, a fragment of the error), backend "onnx" or "openvino".
 KNOWN_FAILURES = {
-    # transformers' EfficientNet pools with nn.AvgPool2d(hidden_dim, ceil_mode=True): a
-    # 320-wide kernel over a 2x2 map. PyTorch and onnxruntime accept it, OpenVINO's AvgPool
-    # shape inference rejects a kernel larger than the input (raw ov.convert_model too), when
-    # the compiled model first runs.
-    "efficientnet": ("openvino", "larger than the data shape"),
     # transformers' Swin with a dynamic batch: torch.onnx's decomposition step fails on an
     # aten.view of a non-contiguous tensor (raw torch.onnx.export(ep) too).
     "swin": ("onnx", "Cannot view a tensor"),

@@ -15,7 +15,7 @@ import torch
 from torch.export import ExportedProgram
 
 from dynexport.adapters.torch_export import OpOverload
-from dynexport.decompositions import grid_sample, inverse, scatter
+from dynexport.decompositions import grid_sample, inverse, pooling, scatter
 from dynexport.decompositions.map_unroll import unroll_static_maps
 from dynexport.decompositions.splice import SpliceUnsupported, splice_decompositions
 
@@ -27,6 +27,7 @@ def decomposition_table() -> dict[OpOverload, Callable]:
     table: dict[OpOverload, Callable] = {}
     table.update(grid_sample.table())
     table.update(inverse.table())
+    table.update(pooling.table())
     table.update(scatter.table())
     # dynexport's own custom ops must reach the backends intact for their translations.
     return {op: fn for op, fn in table.items() if op.namespace != "dynexport"}

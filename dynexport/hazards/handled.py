@@ -25,6 +25,7 @@ _REPLACEMENTS = {
                               "onnxruntime)",
     "aten.index_put_.default": "index_add over a flat index (exact under multi-threaded "
                                "onnxruntime)",
+    "aten.avg_pool2d.default": "the spatial mean its whole-input window computes",
     "higher_order.map_impl": "its body once per slice of the static mapped dimension, stacked",
 }
 
