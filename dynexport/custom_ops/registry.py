@@ -186,18 +186,25 @@ class OpRegistry:
         """`custom_translation_table` for `torch.onnx.export(ep, dynamo=True, ...)`.
 
         torch.onnx leaves an op with a translation out of its decomposition table, so the
-        op reaches the translation intact instead of being decomposed first.
-        """
-        return {rec.op: rec.onnx for rec in self.ops() if rec.onnx is not None}
+        op reaches the translation intact instead of being decomposed first. Besides the
+        registry's ops: scatter_reduce, whose torchlib translation computes "mean" wrongly
+        (backends/onnx_index_ops)."""
+        from dynexport.backends import onnx_index_ops
+
+        return {rec.op: rec.onnx for rec in self.ops() if rec.onnx is not None} \
+            | onnx_index_ops.table()
 
     def openvino_extensions(self) -> list:
         """`ConversionExtension`s for `openvino.convert_model(..., extension=...)`; they only
         see their op if the input comes from `openvino_decoder_input`. Besides the registry's
-        ops: comparisons of sizes, which OpenVINO's frontend lacks (backends/openvino_size_ops)."""
+        ops: comparisons of sizes (backends/openvino_size_ops) and scatter_reduce
+        (backends/openvino_index_ops), which OpenVINO's fx frontend lacks."""
+        from dynexport.backends.openvino_index_ops import index_op_extensions
         from dynexport.backends.openvino_size_ops import size_comparison_extensions
 
         return [openvino_frontend.conversion_extension(rec.name, rec.openvino)
-                for rec in self.ops() if rec.openvino is not None] + size_comparison_extensions()
+                for rec in self.ops() if rec.openvino is not None] \
+            + size_comparison_extensions() + index_op_extensions()
 
     def openvino_decoder_input(self, program: ExportedProgram) -> Any:
         """What to pass to `openvino.convert_model` (with `extension=openvino_extensions()`)
