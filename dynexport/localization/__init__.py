@@ -39,6 +39,7 @@ from dynexport.localization.records import Culprit, Divergence, Localization
 from dynexport.localization.values import (
     NodeDiff,
     NodeReader,
+    Setting,
     chunks,
     compare_values,
     converted_graph,
@@ -91,16 +92,19 @@ def localize_artifact(program: ExportedProgram, artifact: str | os.PathLike, run
                             list[str]]:
         path = Path(artifact)
         if runtime == "onnxruntime":
-            names, read_one = onnx_reader(path, inputs, signature, renamed, threads=1)
-            _, read_many = onnx_reader(path, inputs, signature, renamed,
-                                       threads=race_threads())
+            import onnx_ir as ir
+
+            model = ir.load(path)
+            names, read = onnx_reader(model, inputs, signature, renamed)
+            # 1 thread is the runtime's own reference; several, repeated, show a race
+            settings = [(1, 1), (race_threads(), RACING_KERNEL_REPEATS)]
+            lowerings = _lowerings(model, renamed)
+            racing = [r.fx_node for r in racy_nodes(path)]
         else:
-            names, read_one = openvino_reader(path, inputs, signature, renamed, device, config)
-            read_many = None
+            names, read = openvino_reader(path, inputs, signature, renamed, device, config)
+            settings, lowerings, racing = [(None, 1)], {}, []
         order = [n for n in reference if n in set(names)]
-        racing = [r.fx_node for r in racy_nodes(path)] if runtime == "onnxruntime" else []
-        return (*_diffs(reference, order, read_one, read_many), len(order),
-                _lowerings(path, runtime, renamed), racing)
+        return (*_diffs(reference, order, read, settings), len(order), lowerings, racing)
 
     diffs, self_diffs, count, lowerings, racing = run_isolated(
         compared, f"localising {runtime} on {Path(artifact).name}", isolation)
@@ -120,17 +124,17 @@ def localize_artifact(program: ExportedProgram, artifact: str | os.PathLike, run
     return entry
 
 
-def _diffs(reference: dict, order: list[str], read_one: NodeReader,
-           read_many: NodeReader | None) -> tuple[dict[str, NodeDiff], dict[str, NodeDiff]]:
-    """Each node against the reference, from the single-threaded run; and, with a second,
-    multi-threaded reader, each node of that run against the single-threaded one's."""
+def _diffs(reference: dict, order: list[str], read: NodeReader, settings: list[Setting]
+           ) -> tuple[dict[str, NodeDiff], dict[str, NodeDiff]]:
+    """Each node against the reference, from the first setting's run; and each node of the
+    other settings' runs against that run's."""
     diffs, self_diffs = {}, {}
     for chunk in chunks(order, reference):
-        [one] = read_one(chunk, 1)
+        [[one], *others] = read(chunk, settings)
         diffs.update(compare_values(reference, one))
-        if read_many is None:
+        runs = [run for other in others for run in other]
+        if not runs:
             continue
-        runs = read_many(chunk, RACING_KERNEL_REPEATS)
         for name in chunk:
             worst = max((Differences.of(one[name], run[name]) for run in runs
                          if run[name].shape == one[name].shape),
@@ -141,16 +145,12 @@ def _diffs(reference: dict, order: list[str], read_one: NodeReader,
     return diffs, self_diffs
 
 
-def _lowerings(path: Path, runtime: str, renamed: dict[str, str]) -> dict[str, str]:
-    """The ONNX op that computes each FX node's value (e.g. "ScatterND(reduction=add)"), for
-    the fix text."""
-    if runtime != "onnxruntime":
-        return {}
-    import onnx_ir as ir
-
+def _lowerings(model: Any, renamed: dict[str, str]) -> dict[str, str]:
+    """The op of the ONNX model (an onnx_ir.Model) that computes each FX node's value (e.g.
+    "ScatterND(reduction=add)"), for the fix text."""
     nodes = {name: node for node, name in renamed.items()}
     found = {}
-    for node in ir.load(path).graph:
+    for node in model.graph:
         reduction = node.attributes.get("reduction")
         kind = node.op_type + (f"(reduction={reduction.as_string()})" if reduction else "")
         for value in node.outputs:

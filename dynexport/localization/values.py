@@ -30,7 +30,12 @@ from dynexport.custom_ops.registry import default_registry
 from dynexport.inputs import Inputs, Signature
 from dynexport.precision.explicit import f32_results
 from dynexport.quiet import quiet_torch
-from dynexport.runtimes import OnnxRuntimeRunner, OpenVINORunner, to_numpy
+from dynexport.runtimes import (
+    DEFAULT_OPENVINO_CONFIG,
+    OnnxRuntimeRunner,
+    OpenVINORunner,
+    to_numpy,
+)
 from dynexport.verify import Comparison
 
 
@@ -117,8 +122,10 @@ def compare_values(reference: dict[str, torch.Tensor], actual: dict[str, np.ndar
 
 # --- reading node values out of a converted model --------------------------------------------
 
-# (FX node names, runs) → each run's values of those nodes
-NodeReader = Callable[[list[str], int], list[dict[str, np.ndarray]]]
+# How a reader runs the model: (intra-op threads, None for the runtime's own setting; runs)
+Setting = tuple[int | None, int]
+# (FX node names, settings) → per setting, each run's values of those nodes
+NodeReader = Callable[[list[str], Sequence[Setting]], list[list[dict[str, np.ndarray]]]]
 
 
 def output_nodes(module: torch.fx.GraphModule, signature: Signature) -> dict[str, str]:
@@ -132,30 +139,36 @@ def output_nodes(module: torch.fx.GraphModule, signature: Signature) -> dict[str
             if node is not None and node != name}
 
 
-def onnx_reader(path: Path, inputs: Inputs, signature: Signature, renamed: dict[str, str],
-                threads: int) -> tuple[list[str], NodeReader]:
-    """The FX node names the ONNX model at `path` has values for, and a function that runs it
-    on `inputs` with those values added as outputs."""
+def onnx_reader(model: Any, inputs: Inputs, signature: Signature,
+                renamed: dict[str, str]) -> tuple[list[str], NodeReader]:
+    """The FX node names the ONNX model (an onnx_ir.Model) has values for, and a function that
+    saves it once per chunk with those values added as outputs and runs it on `inputs` in each
+    setting, with the sessions verification uses for checking runs (idle threads sleeping)."""
     import onnx_ir as ir
 
-    model = ir.load(path)
     by_name = {value.name: value for node in model.graph for value in node.outputs}
     names = {name: name for name in by_name}  # FX node → its value's name in the model
     names.update({node: name for node, name in renamed.items() if name in by_name})
     outputs = {value.name for value in model.graph.outputs}
     feeds = to_numpy(inputs.tensors())
 
-    def read(wanted: list[str], runs: int) -> list[dict[str, np.ndarray]]:
+    def read(wanted: list[str], settings: Sequence[Setting]) -> list[list[dict[str, np.ndarray]]]:
         added = [names[n] for n in wanted if names[n] not in outputs]
         model.graph.outputs.extend(by_name[n] for n in added)
+        fetched = [names[n] for n in wanted]
         try:
             with tempfile.TemporaryDirectory() as folder:
                 marked = Path(folder) / "marked.onnx"
                 ir.save(model, marked, external_data="marked.onnx.data")
-                runner = OnnxRuntimeRunner(marked, threads, signature)
-                fetched = [names[n] for n in wanted]
-                return [dict(zip(wanted, runner.session.run(fetched, runner.names.feeds(feeds)),
-                                 strict=True)) for _ in range(runs)]
+                found = []
+                for threads, runs in settings:
+                    runner = OnnxRuntimeRunner(marked, threads or 1, signature, spin=False,
+                                               arena=False)
+                    found.append([dict(zip(wanted, runner.session.run(
+                        fetched, runner.names.feeds(feeds)), strict=True))
+                        for _ in range(runs)])
+                    del runner  # one session open at a time
+                return found
         finally:
             del model.graph.outputs[len(model.graph.outputs) - len(added):]
 
@@ -180,16 +193,21 @@ def openvino_reader(path: Path, inputs: Inputs, signature: Signature, renamed: d
     tensors.update({node: by_name[name] for node, name in renamed.items() if name in by_name})
     feeds = to_numpy(inputs.tensors())
 
-    def read(names: list[str], runs: int) -> list[dict[str, np.ndarray]]:
+    def read(names: list[str], settings: Sequence[Setting]) -> list[list[dict[str, np.ndarray]]]:
         marked = model.clone()
         marked.add_outputs([tensors[n] for n in names])  # an output already is one stays one
         f32_results(marked)  # a bf16 IR's values would come back as misread float16
-        runner = OpenVINORunner(marked, device, config, signature)
-        outputs = {n: runner.compiled.output(tensors[n]) for n in names}
         found = []
-        for _ in range(runs):
-            results = runner.request.infer(runner.names.feeds(feeds), share_inputs=False)
-            found.append({n: np.array(results[port]) for n, port in outputs.items()})
+        for threads, runs in settings:
+            settled = dict(DEFAULT_OPENVINO_CONFIG if config is None else config)
+            if threads is not None:
+                settled["INFERENCE_NUM_THREADS"] = threads
+            runner = OpenVINORunner(marked, device, settled, signature)
+            outputs = {n: runner.compiled.output(tensors[n]) for n in names}
+            found.append([])
+            for _ in range(runs):
+                results = runner.request.infer(runner.names.feeds(feeds), share_inputs=False)
+                found[-1].append({n: np.array(results[port]) for n, port in outputs.items()})
         return found
 
     return list(tensors), read
