@@ -83,10 +83,9 @@ class OnnxRuntimeRunner:
 
     For a few checking runs rather than timed ones: `spin=False` lets idle intra-op threads
     sleep instead of spinning (with more threads than cores, spinning threads take the cores
-    from the working ones: 3-9x slower runs of a ScatterND model at 4 threads on 2 cores,
-    measured); `arena=False` returns each run's memory instead of keeping it in onnxruntime's
-    arena (FlashOcc M0's verification, two sessions one after the other, peaked 0.7 GB higher
-    with their arenas)."""
+    from the working ones); `arena=False` returns each run's memory instead of keeping it in
+    onnxruntime's arena, so two sessions one after the other do not hold both arenas
+    (docs/performance.md, "Figures behind choices in the code")."""
 
     name = "onnxruntime"
 

@@ -43,11 +43,9 @@ MIN_INTEGER_AGREEMENT = 0.999
 # OpenVINO's runs per input.
 OPENVINO_REPEATS = 2
 # onnxruntime's runs per input at race_threads(), after one at 1 thread: one, unless the model
-# holds a kernel known to race (a run of FlashOcc M0 takes 2-4 s). Measured on a 2-core machine
-# with these sessions' settings, 200 runs each: a racing ScatterND(add) (64-40000 cells x 8-64
-# channels, 20k-100k points) differed from the 1-thread run in 29-100 % of single runs at 4
-# threads, and never below ~2e5 updated elements, which the thread pool does not split. 8 runs
-# catch a race of 44 % per run with 99 % certainty, of 29 % with 93 %.
+# holds a kernel known to race (a run of a large model is seconds). A racing kernel does not
+# race on every run; 8 runs catch one that shows in a third of runs with high probability
+# (the rates measured: docs/decompositions.md, "index_put(accumulate=True)").
 RACE_THREADS_REPEATS = 1
 RACING_KERNEL_REPEATS = 8
 

@@ -65,7 +65,7 @@ class RacyNode:
 
 def has_racy_nodes(path: str | os.PathLike) -> bool:
     """Whether the ONNX file at `path` has a racy node. The graph is read (which imports onnx,
-    0.7-1.4 s measured) only when the file's bytes hold the name of a racing op type at all:
+    slow to import) only when the file's bytes hold the name of a racing op type at all:
     protobuf stores an op_type as its plain UTF-8 bytes."""
     with open(path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
         if all(data.find(op_type.encode()) < 0 for op_type in RACING_REDUCTIONS):

@@ -27,7 +27,8 @@ largest absolute difference per output and, for labels, the share that agree.
 
 Index math: values that become integers inside the graph (FlashOcc's voxel coordinates, a
 pivot search) must not be rounded: at 8 bits a point 40 m out moves by a BEV cell or more, and
-under the f16 hint on an avx512_fp16 CPU 77 % of FlashOcc's `point_cells` agree with f32.
+under the f16 hint on an avx512_fp16 CPU too few of FlashOcc's `point_cells` agree with f32
+(issue #22).
 Those layers (`index_math_layers`) and the layers made from the fx nodes the user names
 (`--keep-f32`, `keep_f32.fx_nodes_at`) stay f32, and `kept_f32` records them:
 

@@ -37,7 +37,7 @@ _DATA_PORTS = {"Interpolate": (0,)}
 # enforcement for nodes after Constant Inputs", and Eltwise after an Input), but for these
 # layers' weights and Concat; a layer whose data (input 0) is such a port computes in f32.
 # FlashOcc's BEV grid, a ScatterNDUpdate into a constant of zeros, accumulates in f32 so; in
-# bf16 its occupancy labels agree with f32 less (98.7 % instead of 99.1 %, over 24 scenes).
+# bf16 its occupancy labels agree with f32 less (docs/devices.md).
 _BF16_WITH_CONSTANTS = {"Convolution", "GroupConvolution", "ConvolutionBackpropData",
                         "GroupConvolutionBackpropData", "MatMul", "Concat"}
 
@@ -61,9 +61,8 @@ def graph_tail(model: Any) -> set[str]:
 
 def _bf16_constant(data: np.ndarray) -> Any:
     """`data` as a bf16 Constant, rounded to nearest even. OpenVINO 2026.4 folds a Convert of a
-    constant to bf16 with a coarser rounding (measured on normal values: mean relative error
-    0.21 % instead of 0.14 %, at most 0.77 % instead of 0.39 %), which on FlashOcc's weights
-    costs 0.4 points of occupancy labels against the bf16 hint."""
+    constant to bf16 with a coarser rounding, which on FlashOcc's weights costs occupancy
+    labels against the bf16 hint (docs/devices.md)."""
     import openvino as ov
 
     bits = data.astype(np.float32).view(np.uint32)
