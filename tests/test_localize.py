@@ -4,6 +4,8 @@ from evidence: a translation that computes something else (`lowering`), a kernel
 (`nondeterminism`), a reduced precision (`precision`)."""
 
 import importlib.util
+import sys
+from pathlib import Path
 
 import openvino as ov
 import pytest
@@ -17,10 +19,34 @@ EXAMPLES = REPO / "examples" / "divergence"
 
 
 def _example(name: str):
-    spec = importlib.util.spec_from_file_location(f"divergence_{name}", EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The example module, loaded once per process (it registers its op with torch)."""
+    key = f"divergence_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, EXAMPLES / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[key] = module
+    return sys.modules[key]
+
+
+# A racing translation on scatters small enough that onnxruntime runs them on one thread: the
+# race cannot show in this run, only the graph tells.
+SMALL_RACY_SCRIPT = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import torch
+from test_localize import _example
+
+example = _example("scatter_translation")
+get_model = example.get_model
+dynamic_shapes = example.dynamic_shapes
+
+def get_inputs():
+    return (torch.rand(64, 2, generator=torch.Generator().manual_seed(1)),)
+
+def get_probe_inputs():
+    return (torch.rand(50, 2, generator=torch.Generator().manual_seed(2)),)
+"""
 
 
 def _line_of(name: str, text: str) -> int:
@@ -210,3 +236,20 @@ def test_a_clean_run_has_no_localize_stage(cli, tmp_path):
     code, _, _ = cli("--out", out, REPO / "examples" / "convnet.py")
     assert code == 0
     assert "localize" not in [s["name"] for s in read_report(out)["stages"]]
+
+
+def test_a_racing_kernel_fails_the_run_even_where_verification_agreed(cli, write_script,
+                                                                      tmp_path):
+    """The scatters are too small for onnxruntime to split: every run agrees with eager, and
+    the shipped graph still holds ScatterND(add), reported at the calling line; exit 1."""
+    out = tmp_path / "out"
+    code, _, _ = cli("--out", out, write_script(SMALL_RACY_SCRIPT))
+    assert code == 1
+    report = read_report(out)
+    assert all(v["passed"] for v in report["verification"])
+    [entry] = report["divergence"]
+    assert (entry["runtime"], entry["cause"]) == ("onnxruntime", "nondeterminism")
+    assert entry["culprits"][0]["line"] == _line_of("scatter_translation",
+                                                    "return torch.ops.divergence_demo.cell_sum")
+    assert "ScatterND(reduction=add)" in entry["fix"] and not report["ok"]
+

@@ -51,8 +51,8 @@ from dynexport.localization.values import (
 from dynexport.runtimes import race_threads
 from dynexport.verify import RACING_KERNEL_REPEATS, Comparison
 
-__all__ = ["Culprit", "Divergence", "Localization", "localize", "localize_artifact",
-           "program_differs", "shipped_races"]
+__all__ = ["Culprit", "Divergence", "Localization", "converted_graph", "localize",
+           "localize_artifact", "program_differs", "shipped_races"]
 
 
 def program_differs(program: ExportedProgram, inputs: Inputs,
@@ -77,13 +77,15 @@ def localize_artifact(program: ExportedProgram, artifact: str | os.PathLike, run
                       inputs: Inputs, inputs_name: str, precision: str = "f32",
                       device: str = "CPU", config: dict | None = None,
                       signature: Signature | None = None,
-                      isolation: Isolation = ISOLATED) -> Divergence | None:
+                      isolation: Isolation = ISOLATED,
+                      graph: torch.fx.GraphModule | None = None) -> Divergence | None:
     """Localise where `artifact` (a model converted from `program`, run by `runtime` with
     OpenVINO compile `config`) leaves the program's values on `inputs`; None when every
-    compared node is within tolerance and the runtime agrees with itself."""
+    compared node is within tolerance and the runtime agrees with itself. `graph`: the
+    runtime's `converted_graph(program, runtime)`, where the caller has it already."""
     start = time.perf_counter()
     progress.step(f"localising {runtime} {precision} on the {inputs_name} input")
-    graph = converted_graph(program, runtime)
+    graph = converted_graph(program, runtime) if graph is None else graph
     reference = program_values(graph, program, inputs)
     signature = signature or Signature.of(program)
     renamed = output_nodes(graph, signature)
@@ -194,16 +196,16 @@ def _race_fix(culprit: Culprit, lowerings: dict[str, str]) -> str:
             "exactly), or run the session with intra_op_num_threads=1.")
 
 
-def shipped_races(program: ExportedProgram, racing: list[RacyNode],
+def shipped_races(graph: torch.fx.GraphModule, racing: list[RacyNode],
                   inputs_name: str) -> Divergence | None:
     """A `nondeterminism` entry for a model.onnx whose graph holds `racing`, nodes with a
-    kernel known to race, though its verification agreed: a race need not show in a given run
+    kernel known to race (`graph`: onnxruntime's `converted_graph`), though its verification
+    agreed: a race need not show in a given run
     (a busy machine overlaps fewer threads). None without such nodes."""
     if not racing:
         return None
     lowerings = {r.fx_node: f"{r.op_type}(reduction={r.reduction})" for r in racing}
-    entry = _known_races(converted_graph(program, "onnxruntime").graph,
-                         [r.fx_node for r in racing], lowerings,
+    entry = _known_races(graph.graph, [r.fx_node for r in racing], lowerings,
                          "verification agreed at 1 and several threads this run")
     entry.inputs = inputs_name
     return entry

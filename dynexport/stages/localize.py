@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
 from dynexport.backends.onnx_races import RacyNode
 from dynexport.conversion import Converted, Decomposed, converted_models, program_signature
 from dynexport.eager import EagerRun
 from dynexport.localization import (
     Divergence,
+    converted_graph,
     localize_artifact,
     program_differs,
     shipped_races,
@@ -42,10 +45,17 @@ def _localize(run: Run) -> Localized:
     records = run.results.get("verify") or []
     options, signature, found = run.options, program_signature(run), Localized()
     racing = _racing(run)
+    graphs: dict[str, torch.fx.GraphModule] = {}  # the graph each converter translated
+
+    def graph(runtime: str) -> torch.fx.GraphModule:
+        if runtime not in graphs:
+            graphs[runtime] = converted_graph(program, runtime)
+        return graphs[runtime]
+
     for runtime, artifact in converted_models(run):
         failed = [kind for kind in eager.inputs if _failed_by_value(records, runtime, kind)]
         if runtime == "onnxruntime" and not failed and racing:
-            entry = shipped_races(program, racing, next(iter(eager.inputs)))
+            entry = shipped_races(graph(runtime), racing, next(iter(eager.inputs)))
             found.entries += [entry] if entry is not None else []
         for kind in failed:
             inputs = eager.inputs[kind]
@@ -58,7 +68,7 @@ def _localize(run: Run) -> Localized:
                 continue
             entry = localize_artifact(program, artifact, runtime, inputs, kind,
                                       device=options.device, signature=signature,
-                                      isolation=options.isolation)
+                                      isolation=options.isolation, graph=graph(runtime))
             if entry is not None:
                 found.entries.append(entry)
     variant = run.result("precision", PrecisionResult)
@@ -66,7 +76,7 @@ def _localize(run: Run) -> Localized:
         entry = localize_artifact(program, variant_ir(run, variant), "openvino",
                                   eager.inputs["example"], "example", variant.precision,
                                   options.device, variant.openvino_config, signature,
-                                  options.isolation)
+                                  options.isolation, graph("openvino"))
         if entry is not None:
             found.entries.append(entry)
     return found

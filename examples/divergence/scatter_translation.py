@@ -36,14 +36,14 @@ def cell_sum_onnx(features, cells):
 
 def cell_sum_openvino(context):
     import numpy as np
-    from openvino import opset13 as ops
+    from openvino import opset15 as ops  # ScatterNDUpdate with a reduction: opset 15
 
     features, cells = context.get_input(0), context.get_input(1)
     width = ops.gather(ops.shape_of(features), ops.constant(np.array([1])), ops.constant(0))
     zeros = ops.broadcast(ops.constant(np.float32(0.0)),
                           ops.concat([ops.constant(np.array([CELLS])), width], 0))
     return [ops.scatter_nd_update(zeros, ops.unsqueeze(cells, ops.constant(1)), features,
-                                  "sum").output(0)]
+                                  reduction="sum").output(0)]
 
 
 register(torch.ops.divergence_demo.cell_sum.default, onnx=cell_sum_onnx,
