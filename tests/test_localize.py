@@ -134,6 +134,33 @@ def test_nodes_without_a_counterpart_are_looked_through():
     assert first_divergence(_chain(), diffs, "onnxruntime").node == "sigmoid"
 
 
+def test_an_index_that_moves_once_in_ten_thousand_is_out_of_tolerance():
+    """Verification lets 0.1 % of labels flip; an intermediate index may not: one moved index
+    moves a whole value into another cell."""
+    from dynexport.localization.values import compare_values
+
+    cells = torch.arange(10_000)
+    moved = cells.numpy().copy()
+    moved[7] += 100
+    [found] = compare_values({"cells": cells}, {"cells": moved}).values()
+    assert found.integer and not found.passed and found.max_abs == 100
+
+
+def test_an_integer_from_floats_within_tolerance_is_a_boundary_crossing():
+    """The floats a cast reads are within tolerance and the integers it makes are not: the fix
+    says so instead of blaming the converter's cast."""
+    from dynexport.localization import _lowering_fix
+    from dynexport.localization.blame import first_divergence
+    from dynexport.localization.values import NodeDiff
+
+    diffs = {"add": NodeDiff("add", 0.0, 0.0, True), "mul": NodeDiff("mul", 4e-6, 1e-7, True),
+             "sigmoid": NodeDiff("sigmoid", 1.0, 0.01, False, integer=True),
+             "sum": NodeDiff("sum", 9.0, 0.1, False)}
+    found = first_divergence(_chain(), diffs, "openvino")
+    assert found.node == "sigmoid" and found.from_floats
+    assert "integer boundary" in _lowering_fix(found, "openvino", {})
+
+
 def test_reduced_precision_blames_the_op_that_adds_the_error_not_the_ones_that_carry_it():
     from dynexport.localization.blame import added_error
     from dynexport.localization.values import NodeDiff

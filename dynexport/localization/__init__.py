@@ -236,6 +236,12 @@ def _lowering_fix(culprit: Culprit | None, runtime: str, lowerings: dict[str, st
                 "converter renamed or fused; compare the outputs' producers by hand.")
     lowering = lowerings.get(culprit.node)
     how = f" (lowered to {lowering})" if lowering else ""
+    if culprit.from_floats:
+        return (f"{culprit.op} turns floating-point values into integers, and in {runtime} "
+                f"those values differ from torch's by up to {culprit.input_max_abs_diff:.3g}, "
+                "within tolerance but enough to cross an integer boundary: compute the index "
+                "from integers, or keep its inputs away from the boundaries (e.g. divide by an "
+                "exactly representable step).")
     if culprit.translation == "user":
         return (f"Your translation of {culprit.op}{how}, {culprit.translated_by}, computes "
                 f"something else than the op's kernel from the same inputs in {runtime}: fix "

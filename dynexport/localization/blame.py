@@ -188,7 +188,8 @@ def culprit(node: torch.fx.Node, diff: NodeDiff, inputs: list[NodeDiff],
                    location=location_from_stack_trace(node.meta.get("stack_trace")),
                    max_abs_diff=diff.max_abs, max_rel_diff=diff.max_rel,
                    input_max_abs_diff=max((i.max_abs for i in inputs), default=0.0),
-                   translation=translation_of(node), translated_by=_translated_by(node, runtime))
+                   translation=translation_of(node), translated_by=_translated_by(node, runtime),
+                   from_floats=diff.integer and any(not i.integer for i in inputs))
 
 
 def _custom_op(node: torch.fx.Node) -> CustomOp | None:

@@ -25,6 +25,9 @@ class Culprit:
     translated_by: str | None = None  # a custom op's translation function, "module.function"
     # reduced precision: the lines computing its inputs (their rounding reaches it too)
     input_lines: list[str] = field(default_factory=list)
+    # an integer result of floating-point inputs (a cast, a floor): a difference within the
+    # inputs' tolerance may still carry a value across an integer boundary
+    from_floats: bool = False
 
     def to_json(self) -> dict:
         where = self.location

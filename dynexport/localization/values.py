@@ -107,16 +107,19 @@ def chunks(names: Sequence[str], reference: dict[str, torch.Tensor],
 
 def compare_values(reference: dict[str, torch.Tensor], actual: dict[str, np.ndarray]
                    ) -> dict[str, NodeDiff]:
-    """Each node present on both sides with the same shape, judged as verification judges an
-    output of its dtype."""
+    """Each node present on both sides with the same shape: floats judged as verification
+    judges an output of their dtype, integers exactly (an index that moves by one element
+    moves a whole value, however few of them move: verification's label share would hide it)."""
     found = {}
     for name, value in actual.items():
         expected = reference[name].numpy()
         if expected.shape != value.shape:
             continue  # e.g. a layout the converter chose; not comparable element by element
         comparison = Comparison.of(expected, value)
+        integer = expected.dtype.kind in "biu"
         found[name] = NodeDiff(name, comparison.max_abs_diff, comparison.max_rel_diff,
-                               comparison.passed, expected.dtype.kind in "biu")
+                               comparison.max_abs_diff == 0 if integer else comparison.passed,
+                               integer)
     return found
 
 
