@@ -74,7 +74,8 @@ def _parser() -> argparse.ArgumentParser:
                         "KEY=VALUE ...]: export the detector of an mmdet3d config instead of a "
                         "script (the last option; needs the mmdet3d extra, see README)")
     parser.add_argument("script", nargs="?", help="SCRIPT.py defining get_model() and "
-                        "get_inputs(); or `ops SCRIPT.py` for the operator coverage table alone")
+                        "get_inputs(); or `ops SCRIPT.py` for the operator coverage table alone, "
+                        "or `sweep PATH...` for a model zoo (`sweep --help`)")
     parser.add_argument("script_args", nargs=argparse.REMAINDER,
                         help="passed to the script as sys.argv[1:]")
     return parser
@@ -146,6 +147,10 @@ def _ops(args: argparse.Namespace, console: Console) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["sweep"] and not Path("sweep").is_file():
+        from dynexport.sweep.cli import main as sweep
+
+        return sweep(argv[1:])
     console = Console(stderr=False)
     errors = Console(stderr=True)
     debug = "--debug" in argv
