@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
         row("eager", "gather + index_add_ (for comparison)",
             lambda: gather_index_add(*inputs).numpy())
     with tempfile.TemporaryDirectory() as tmp:
-        row("onnxruntime", "dynexport.to_onnx: float64 cumsum + ScatterND",
+        row("onnxruntime", "dynexport.to_onnx: blocked MatMul (8 points) + float64 carry",
             onnxruntime_runner(dynexport.to_onnx(program, Path(tmp) / "m.onnx"), inputs,
                                args.threads))
         plain = Path(tmp) / "plain.onnx"

@@ -19,6 +19,8 @@ converts it with dynexport, and then:
 * where the time goes: OpenVINO's per-layer counters (PERF_COUNT) and onnxruntime's profiler,
   summed by layer type;
 * bev_pool_v2 alone, on the frame's own arguments, in every runtime: its share of the frame;
+* INT8 against the default precision, and the INT8 IR's layers that run outside i8/u8
+  kernels (PERF_COUNT, by name);
 * resident memory: each runtime's growth when created and warmed up, and the process peak.
 """
 
@@ -187,6 +189,29 @@ def openvino_profile(xml: Path, config: dict, feeds: list[np.ndarray]) -> dict:
     return dict(by_type.most_common())
 
 
+def int8_layers(xml: Path, config: dict, feeds: list[np.ndarray], top: int = 12) -> dict:
+    """Where an INT8 IR's time goes (PERF_COUNT, one inference after a warm-up): ms in layers
+    whose kernel runs on integers (exec type with i8/u8) and outside them, and the slowest
+    layers outside, by name."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(xml), "CPU", {**config, "PERF_COUNT": True})
+    request = compiled.create_infer_request()
+    request.infer(feeds)
+    request.infer(feeds)
+    int8_ms, outside = 0.0, []
+    for info in request.profiling_info:
+        ms = info.real_time.total_seconds() * 1e3
+        if "i8" in info.exec_type.lower() or "u8" in info.exec_type.lower():
+            int8_ms += ms
+        elif ms > 0:
+            outside.append((ms, info.node_name, info.node_type, info.exec_type))
+    outside.sort(reverse=True)
+    return {"int8_ms": int8_ms, "outside_ms": sum(o[0] for o in outside),
+            "outside_top": [{"ms": ms, "name": name, "type": kind, "exec": exec_type}
+                            for ms, name, kind, exec_type in outside[:top]]}
+
+
 def onnxruntime_profile(path: Path, feeds: list[np.ndarray]) -> dict:
     """Milliseconds per op type of one run after a warm-up (SessionOptions.enable_profiling),
     and per top-level module (from the nodes' torch.onnx name scopes)."""
@@ -288,10 +313,12 @@ def run_case(config: str, ranks: str, runs: int, peak_gflops: float, sgemm: floa
             "OpenVINO default": openvino_profile(paths["xml"], {}, feeds),
             "onnxruntime": onnxruntime_profile(paths["onnx"], feeds),
         }
+        int8_profile = None
         if int8:
+            int8_xml = folder / "openvino_int8" / "model.xml"
             profiles["OpenVINO INT8"] = openvino_profile(
-                folder / "openvino_int8" / "model.xml", {"INFERENCE_PRECISION_HINT": "f32"},
-                feeds)
+                int8_xml, {"INFERENCE_PRECISION_HINT": "f32"}, feeds)
+            int8_profile = int8_layers(int8_xml, {}, feeds)
         default_precision = str(made["OpenVINO default"].compiled.get_property(
             "INFERENCE_PRECISION_HINT"))
         del made
@@ -306,7 +333,8 @@ def run_case(config: str, ranks: str, runs: int, peak_gflops: float, sgemm: floa
         "times_ms": times, "median_ms": medians,
         "speedup_vs_eager": {label: medians["eager"] / m for label, m in medians.items()},
         "memory_growth_bytes": memory,
-        "accuracy": accuracy, "profiles": profiles, "bev_pool": pool,
+        "accuracy": accuracy, "profiles": profiles, "int8_layers": int8_profile,
+        "bev_pool": pool,
         "flops": flops.flops, "gmacs": flops.gmacs, "published_gmacs": PUBLISHED_GMACS.get(config),
         "gflops_per_s": {label: flops.flops / m / 1e6 for label, m in medians.items()},
         "share_of_nominal_peak": {label: flops.flops / m / 1e6 / peak_gflops
@@ -346,6 +374,20 @@ def markdown(results: list[dict], machine: dict) -> str:
         for label, ms in pool["median_ms"].items():
             frame = r["median_ms"][label]
             lines.append(f"| {label} | {ms:.1f} | {frame:.0f} | {100 * ms / frame:.1f} % |")
+        if "OpenVINO INT8" in r["median_ms"]:
+            default, int8 = r["median_ms"]["OpenVINO default"], r["median_ms"]["OpenVINO INT8"]
+            both = r["median_ms"]["OpenVINO INT8 + default"]
+            lines += ["", f"INT8 vs default ({r['default_precision']}): {int8:.0f} ms vs "
+                      f"{default:.0f} ms, {default / int8:.2f} × (INT8 + default: {both:.0f} ms, "
+                      f"{default / both:.2f} ×)"]
+        layers = r.get("int8_layers")
+        if layers:
+            lines += ["", f"INT8 IR under the default hint, per layer (PERF_COUNT): "
+                      f"{layers['int8_ms']:.0f} ms in i8/u8 kernels, {layers['outside_ms']:.0f} ms "
+                      "outside; the slowest outside:", "",
+                      "| layer | type | exec | ms |", "|---|---|---|---:|"]
+            lines += [f"| {o['name']} | {o['type']} | {o['exec']} | {o['ms']:.1f} |"
+                      for o in layers["outside_top"]]
         lines.append("")
     return "\n".join(lines)
 
@@ -402,7 +444,7 @@ def main(argv: list[str] | None = None) -> None:
     if not int8:
         print("INT8 skipped: NNCF is not installed (pip install nncf, or the `precision` "
               "extra).", file=sys.stderr)
-    results = []
+    results, load_start = [], os.getloadavg()[0]
     with PeakRSS() as peak:
         for case in args.cases:
             config, ranks = case.split(":")
@@ -412,7 +454,9 @@ def main(argv: list[str] | None = None) -> None:
     header = (f"{describe(machine)}\n" + ", ".join(f"{k} {v}" for k, v in versions().items() if v)
               + f"\nFP32 peak: nominal {nominal:.0f} GFLOP/s ({machine['cores']} cores × "
               f"{machine['mhz']:.0f} MHz × {fp32_flops_per_cycle(machine)} FLOP/cycle), "
-              f"measured sgemm {sgemm:.0f} GFLOP/s; process peak RSS {peak.peak / 1e9:.2f} GB\n")
+              f"measured sgemm {sgemm:.0f} GFLOP/s; process peak RSS {peak.peak / 1e9:.2f} GB; "
+              f"load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the "
+              "end\n")
     print(header)
     print(markdown(results, machine))
     if args.json:
