@@ -46,9 +46,9 @@ NOTES = [
     "after padding (dim: 2)`), at compile/first inference, through the raw "
     "`ov.convert_model`. Reproducer: `torch.export.export(nn.AvgPool2d(320, "
     "ceil_mode=True), (torch.randn(2, 8, 2, 2),))` then `ov.convert_model` + compile. "
-    "dynexport decomposes an `avg_pool2d` whose window covers the whole unpadded input into "
-    "the spatial mean it computes (dynexport/decompositions/pooling.py), so its OpenVINO route "
-    "converts and verifies.",
+    "dynexport rewrites a ceil-mode pool that a backend fails or computes differently (here "
+    "the kernel larger than the map) as explicit padding and a floor-mode pool whose kernel "
+    "fits (dynexport/decompositions/pooling.py), so its OpenVINO route converts and verifies.",
     "**swin, ONNX**: the raw `torch.onnx.export(ep, dynamo=True)` fails on an `aten.view` of "
     "a non-contiguous tensor (`Cannot view a tensor with shape torch.Size([4*s6, 16, 2, 16]) "
     "and strides (512, 16, 256, 1) as a tensor with shape (4*s6, 16, 32)`), with a static "

@@ -19,7 +19,9 @@ from dynexport.backends.onnx_races import RacyNode, racy_nodes
 from dynexport.backends.openvino import save_openvino, to_openvino, unused_inputs
 from dynexport.coverage import op_name, translate_backend_error, unsupported_ops
 from dynexport.decompositions import decomposition_table
+from dynexport.decompositions.attention_layout import kernel_dependent_attentions
 from dynexport.decompositions.map_unroll import static_maps
+from dynexport.decompositions.splice import DECOMPOSED_FROM
 from dynexport.errors import one_line, summary
 from dynexport.hazards.location import location_from_stack_trace
 from dynexport.hazards.records import SourceLocation, UnsupportedOp
@@ -75,13 +77,21 @@ def program_signature(run: Run) -> Signature | None:
     return Signature.of(decomposed.program) if decomposed is not None else None
 
 
-def replaced_ops(program: ExportedProgram) -> list[tuple[str, SourceLocation | None]]:
-    """Ops of `program` that dynexport's decomposition table replaces, at the user's lines."""
+def replaced_ops(program: ExportedProgram,
+                 decomposed: ExportedProgram) -> list[tuple[str, SourceLocation | None]]:
+    """Ops of the captured `program` that dynexport rewrote in `decomposed` (what `decompose`
+    made of it), at the user's lines. A table op still called from the same line in
+    `decomposed`, by a node no decomposition made, was declined by its decomposition (an
+    ordinary pool) and is not listed."""
     table = decomposition_table()
-    maps = static_maps(program)
+    kept = {(node.target, node.meta.get("stack_trace")) for node in decomposed.graph.nodes
+            if node.op == "call_function" and DECOMPOSED_FROM not in node.meta}
+    rewritten = set(static_maps(program)) | set(kernel_dependent_attentions(program.graph))
     return [(op_name(node.target), location_from_stack_trace(node.meta.get("stack_trace")))
             for node in program.graph.nodes
-            if node.op == "call_function" and (node.target in table or node in maps)]
+            if node.op == "call_function" and (node in rewritten or node.target in table
+                                               and (node.target, node.meta.get("stack_trace"))
+                                               not in kept)]
 
 
 def convert(program: ExportedProgram, backend: Backend, out_dir: Path,

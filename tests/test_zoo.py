@@ -27,11 +27,8 @@ RUNS = {(runtime, inputs) for runtime in ("onnxruntime", "openvino")
 
 # Failures of the model on a backend that the raw tools share (docs/coverage.md):
 # name -> (backend, a fragment of the error), backend "onnx" or "openvino".
-KNOWN_FAILURES = {
-    # transformers' Swin with a dynamic batch: torch.onnx's decomposition step fails on an
-    # aten.view of a non-contiguous tensor (raw torch.onnx.export(ep) too).
-    "swin": ("onnx", "Cannot view a tensor"),
-}
+# (Swin's torch.onnx `view` failure was one until dynexport/decompositions/attention_layout.py.)
+KNOWN_FAILURES: dict[str, tuple[str, str]] = {}
 RUNTIME = {"onnx": "onnxruntime", "openvino": "openvino"}
 
 

@@ -24,6 +24,7 @@ __all__ = [
     "draft_report",
     "fake_mode_of",
     "graph_index",
+    "named_graph_copy",
     "has_kernel_for",
     "is_higher_order",
     "isolated_shape_env",
@@ -156,6 +157,18 @@ def origin(node: torch.fx.Node, index: dict[int, dict[str, torch.fx.Node]]
             return found
         pending.extend(source.from_node)
     return None
+
+
+def named_graph_copy(graph: torch.fx.Graph) -> torch.fx.Graph:
+    """A deep copy of `graph` whose nodes keep their names. `copy.deepcopy` renames a node
+    whose name is a Python builtin (nn.Sequential's input, `input`, becomes `input_1`), which
+    an ExportedProgram's signature still names."""
+    import copy
+
+    copied = copy.deepcopy(graph)
+    for original, node in zip(graph.nodes, copied.nodes, strict=True):
+        node.name = original.name  # code generation rebinds a builtin name itself
+    return copied
 
 
 def copied_from(node: torch.fx.Node) -> Any:

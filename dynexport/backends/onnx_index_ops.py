@@ -1,11 +1,14 @@
-"""ONNX translation of `scatter_reduce` (`aten.scatter_reduce.two`), in place of torchlib's.
+"""ONNX translations of index and search ops torch.onnx lowers wrongly or not at all:
+`scatter_reduce` (`aten.scatter_reduce.two`, in place of torchlib's), `bucketize` and a stable
+`sort` (their docstrings say what torch.onnx lacks).
 
-torchlib's `aten_scatter_reduce` (onnxscript 0.7.2) lowers "mean" to ScatterElements with
-reduction "none", a plain write, so a voxelizer's per-voxel mean comes out wrong without an
-error, and it passes all of `src` where torch reads only its leading `index.shape` block
-(onnxruntime then refuses to run: "Indices vs updates dimensions differs"). This translation
-slices `src` to `index`'s shape and builds every reduction from ScatterElements, which
-onnxruntime computes the same at any thread count (backends/onnx_races.py):
+scatter_reduce: torchlib's `aten_scatter_reduce` (onnxscript 0.7.2) lowers "mean" to
+ScatterElements with reduction "none", a plain write, so a voxelizer's per-voxel mean comes out
+wrong without an error, and it passes all of `src` where torch reads only its leading
+`index.shape` block (onnxruntime then refuses to run: "Indices vs updates dimensions differs").
+This translation slices `src` to `index`'s shape and builds every reduction from
+ScatterElements, which onnxruntime computes the same at any thread count
+(backends/onnx_races.py):
 
 * include_self=False first writes a neutral start at the scattered positions: 0 for sum and
   mean, 1 for prod, and for amax/amin one of the position's own updates (a plain write of any
@@ -56,6 +59,32 @@ def scatter_reduce(self, dim: int, index, src, reduce: str, include_self: bool =
     return op.Where(op.Equal(count, op.CastLike(op.Constant(value_int=0), self)), self, mean)
 
 
+def bucketize(self, boundaries, out_int32: bool = False, right: bool = False):
+    """The number of boundaries below each value (at or below, `right`): ONNX has no
+    bucketize, and torch.onnx 2.13 fails on it. Compares every value with every boundary
+    (memory values x boundaries; boundaries are bins, few)."""
+    from onnx import TensorProto
+    from onnxscript import opset18 as op
+
+    last = op.Constant(value_ints=[-1])
+    values = op.Unsqueeze(self, last)
+    below = op.LessOrEqual(boundaries, values) if right else op.Less(boundaries, values)
+    count = op.ReduceSum(op.Cast(below, to=TensorProto.INT64), last, keepdims=0)
+    return op.Cast(count, to=TensorProto.INT32) if out_int32 else count
+
+
+def sort_stable(self, stable: bool | None = None, dim: int = -1, descending: bool = False):
+    """`torch.sort(..., stable=True)`, which torch.onnx 2.13 lacks (no function for
+    `aten.sort.stable`): TopK over the whole axis, which ONNX specifies to put equal values in
+    index order, the stable order (the radix sort of decompositions/unique.py relies on it)."""
+    from onnx import TensorProto
+    from onnxscript import opset18 as op
+
+    length = op.Gather(op.Shape(self), op.Constant(value_ints=[dim]))
+    values, indices = op.TopK(self, length, axis=dim, largest=int(descending), sorted=1)
+    return values, op.Cast(indices, to=TensorProto.INT64)
+
+
 def _is_integer(value: Any) -> bool:
     """Whether the traced ONNX value holds integers (its dtype is known when torch.onnx
     traces the translation)."""
@@ -63,6 +92,14 @@ def _is_integer(value: Any) -> bool:
     return dtype is not None and getattr(dtype, "is_integer", lambda: False)()
 
 
+# what each translation lowers to (the report's `handled`)
+TRANSLATED = {torch.ops.aten.scatter_reduce.two: "ScatterElements with the reduction, sliced src",
+              torch.ops.aten.bucketize.Tensor: "a count of the boundaries below each value",
+              torch.ops.aten.sort.stable: "TopK, stable by ONNX's definition"}
+
+
 def table() -> dict[OpOverload, Callable]:
     """This module's entries of torch.onnx's custom translation table."""
-    return {torch.ops.aten.scatter_reduce.two: scatter_reduce}
+    return {torch.ops.aten.scatter_reduce.two: scatter_reduce,
+            torch.ops.aten.bucketize.Tensor: bucketize,
+            torch.ops.aten.sort.stable: sort_stable}

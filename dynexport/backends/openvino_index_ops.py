@@ -9,14 +9,15 @@ only in its TorchScript table under "aten::scatter_reduce": `FrontEnd::get_suppo
 same lowering, ScatterElementsUpdate-12, whose CPU kernel splits threads over the positions
 off the scatter axis and walks the axis serially: the same result at any thread count.
 
-`torch.unique` (`aten._unique2.default`, three outputs) is not converted here: for an fx graph
-the frontend keeps only a translator's first output, and its `getitem` splits only the
-SequenceMark that C++ translators make and Python cannot.
+`torch.unique` (`aten._unique2.default`, three outputs) cannot be converted here: for an fx
+graph the frontend keeps only a translator's first output, and its `getitem` splits only the
+SequenceMark that C++ translators make and Python cannot. decompositions/unique.py replaces it.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from dynexport.adapters import openvino_frontend
 
@@ -69,6 +70,10 @@ def _scatter_reduce(context) -> list:
         return [_integer_mean(self, index, src, dim, include_self).output(0)]
     return [opset12.scatter_elements_update(self, index, src, dim, _REDUCTIONS[reduce],
                                             include_self).output(0)]
+
+
+# what each conversion lowers to (the report's `handled`)
+TRANSLATED = {torch.ops.aten.scatter_reduce.two: "ScatterElementsUpdate-12 with the reduction"}
 
 
 def index_op_extensions() -> list:

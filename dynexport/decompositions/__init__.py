@@ -15,7 +15,8 @@ import torch
 from torch.export import ExportedProgram
 
 from dynexport.adapters.torch_export import OpOverload
-from dynexport.decompositions import grid_sample, inverse, pooling, scatter
+from dynexport.decompositions import grid_sample, inverse, pooling, scatter, search, unique
+from dynexport.decompositions.attention_layout import pin_attention_layouts
 from dynexport.decompositions.map_unroll import unroll_static_maps
 from dynexport.decompositions.splice import SpliceUnsupported, splice_decompositions
 
@@ -29,6 +30,8 @@ def decomposition_table() -> dict[OpOverload, Callable]:
     table.update(inverse.table())
     table.update(pooling.table())
     table.update(scatter.table())
+    table.update(search.table())
+    table.update(unique.table())
     # dynexport's own custom ops must reach the backends intact for their translations.
     return {op: fn for op, fn in table.items() if op.namespace != "dynexport"}
 
@@ -45,13 +48,14 @@ def program_ops(ep: ExportedProgram) -> set[object]:
 
 
 def decompose(ep: ExportedProgram) -> ExportedProgram:
-    """Apply dynexport's decompositions (and unroll `map` over static sizes, map_unroll.py);
-    returns `ep` itself when none of its ops is in the table.
+    """Apply dynexport's decompositions (and unroll `map` over static sizes, map_unroll.py;
+    pin the output layout of attentions, attention_layout.py); returns `ep` itself when none
+    of its ops is in the table and nothing was unrolled or pinned.
 
     Ops whose decomposition declines the input (e.g. a 16x16 or symbolic-size inverse)
     stay in the graph, where the coverage preflight reports them.
     """
-    ep = unroll_static_maps(ep)
+    ep = pin_attention_layouts(unroll_static_maps(ep))
     table = decomposition_table()
     if not program_ops(ep) & table.keys():
         return ep

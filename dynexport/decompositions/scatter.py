@@ -1,4 +1,5 @@
-"""index_add and index_put(accumulate=True) as scatter_add: exact in every runtime.
+"""index_add and index_put(accumulate=True) as scatter_add: exact in every runtime; index_reduce
+as scatter_reduce.
 
 torch.onnx lowers `index_add` and `index_put(..., accumulate=True)` to ScatterND with reduction
 "add", which onnxruntime's CPU kernel computes wrongly, and differently from run to run, when
@@ -25,13 +26,29 @@ def index_add(self: torch.Tensor, dim: int, index: torch.Tensor, source: torch.T
     if self.dim() == 0:
         return NotImplemented  # keeps the op; the coverage report names it
     dim = dim % self.dim()
-    # scatter_add wants the index in source's shape: index along `dim`, broadcast elsewhere.
-    shape = [1] * source.dim()
-    shape[dim] = -1
-    expanded = index.reshape(shape).expand_as(source)
     if alpha != 1:
         source = source * alpha
-    return self.scatter_add(dim, expanded, source.to(self.dtype))
+    return self.scatter_add(dim, _along(index, dim, source), source.to(self.dtype))
+
+
+def _along(index: torch.Tensor, dim: int, source: torch.Tensor) -> torch.Tensor:
+    """The scatter index of an index_* op: scatter wants it in source's shape, `index` along
+    `dim` and broadcast elsewhere."""
+    shape = [1] * source.dim()
+    shape[dim] = -1
+    return index.reshape(shape).expand_as(source)
+
+
+def index_reduce(self: torch.Tensor, dim: int, index: torch.Tensor, source: torch.Tensor,
+                 reduce: str, include_self: bool = True) -> torch.Tensor:
+    """`index_reduce` ("prod", "mean", "amax", "amin") is scatter_reduce with the index
+    broadcast over source: neither backend has a rule for `aten.index_reduce`, both convert
+    scatter_reduce (backends/*_index_ops.py)."""
+    if self.dim() == 0:
+        return NotImplemented
+    dim = dim % self.dim()
+    return self.scatter_reduce(dim, _along(index, dim, source), source, reduce,
+                               include_self=include_self)
 
 
 def index_put(self: torch.Tensor, indices: Sequence[torch.Tensor | None], values: torch.Tensor,
@@ -70,4 +87,5 @@ def table() -> dict[OpOverload, Callable]:
     """This module's entries of the decomposition table."""
     return {torch.ops.aten.index_add.default: index_add,
             torch.ops.aten.index_put.default: index_put,
-            torch.ops.aten.index_put_.default: index_put_}
+            torch.ops.aten.index_put_.default: index_put_,
+            torch.ops.aten.index_reduce.default: index_reduce}

@@ -12,7 +12,6 @@ SpliceUnsupported; the caller re-traces instead.
 
 from __future__ import annotations
 
-import copy
 import operator
 from collections.abc import Callable
 from typing import Any
@@ -24,7 +23,7 @@ from torch.export.graph_signature import ExportGraphSignature, OutputSpec, Tenso
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils import _pytree as pytree
 
-from dynexport.adapters.torch_export import OpOverload, copied_from, fake_mode_of
+from dynexport.adapters.torch_export import OpOverload, copied_from, fake_mode_of, named_graph_copy
 
 __all__ = ["DECOMPOSED_FROM", "SpliceUnsupported", "splice_decompositions"]
 
@@ -69,7 +68,7 @@ def _renamed(spec: OutputSpec, value: object) -> OutputSpec:
 
 def _decomposed_copy(module: fx.GraphModule,
                      table: dict[OpOverload, Callable]) -> fx.GraphModule:
-    graph = copy.deepcopy(module.graph)  # new nodes, their meta shared (fake values included)
+    graph = named_graph_copy(module.graph)  # new nodes, their meta shared (fake values too)
     for original, node in zip(module.graph.nodes, graph.nodes, strict=True):
         node.meta["from_node"] = [copied_from(original)]  # provenance, as a re-trace keeps it
     attributes = {}
@@ -121,7 +120,9 @@ def _replace(graph: fx.Graph, node: fx.Node, decomposition: Callable) -> None:
     added = [n for n in graph.nodes if n not in before]
     for new in added:
         for key, value in node.meta.items():  # the user's line, module path, provenance
-            if key not in ("val", "tensor_meta"):
+            # not the values, nor the data-dependent sizes the replaced node made (unique's):
+            # a new node binds its own, or a re-trace looks for them in its outputs
+            if key not in ("val", "tensor_meta", "unbacked_bindings"):
                 new.meta[key] = value
         new.meta[DECOMPOSED_FROM] = node.target  # whose lowering a wrong value is: dynexport's
     if isinstance(node.meta.get("val"), list | tuple):

@@ -14,6 +14,9 @@ from dynexport.hazards.location import location_from_stack_trace
 from dynexport.hazards.non_tensor_output import is_captured_number, return_location
 from dynexport.hazards.records import Handled, SourceLocation
 
+# a pool in ceil mode whose windows run past the map (decompositions/pooling.py)
+_POOL = ("explicit padding and a floor-mode pool whose kernel fits the padded map, scaled to "
+         "PyTorch's divisor where a window is clipped")
 _REPLACEMENTS = {
     "aten.linalg_inv_ex.default": "pivoted Gauss-Jordan elimination",
     "aten.linalg_det.default": "elimination with partial pivoting",
@@ -25,8 +28,21 @@ _REPLACEMENTS = {
                               "onnxruntime)",
     "aten.index_put_.default": "index_add over a flat index (exact under multi-threaded "
                                "onnxruntime)",
-    "aten.avg_pool2d.default": "the spatial mean its whole-input window computes",
+    "aten.avg_pool1d.default": _POOL,
+    "aten.avg_pool2d.default": _POOL,
+    "aten.avg_pool3d.default": _POOL,
+    "aten.max_pool1d.default": _POOL,
+    "aten.max_pool2d.default": _POOL,
+    "aten.max_pool3d.default": _POOL,
     "higher_order.map_impl": "its body once per slice of the static mapped dimension, stacked",
+    "aten._unique2.default": "a sort and the runs of equal neighbours",
+    "aten.unique_dim.default": "a stable sort per column and the runs of equal neighbours",
+    "aten.unique_consecutive.default": "the runs of equal neighbours",
+    "aten.index_reduce.default": "scatter_reduce",
+    "aten.searchsorted.Tensor": "bucketize",
+    "aten.scaled_dot_product_attention.default": "itself and a contiguous copy of its output, "
+        "whose layout otherwise depends on the CPU kernel torch picks (torch.onnx's re-trace "
+        "then fails on a later view)",
 }
 
 
@@ -60,6 +76,26 @@ def decompositions(evidence: Evidence) -> list[Handled]:
     return list(seen.values())
 
 
+def index_translations(evidence: Evidence) -> list[Handled]:
+    """aten ops a backend lacks or lowers wrongly, converted by dynexport's own translations
+    (backends/onnx_index_ops.py, backends/openvino_index_ops.py)."""
+    from dynexport.backends import onnx_index_ops, openvino_index_ops
+
+    program = evidence.capture.program if evidence.capture else None
+    seen: dict[tuple, Handled] = {}
+    for node in program.graph.nodes if program is not None else []:
+        if node.op != "call_function":
+            continue
+        how = [f"{backend}: {table[node.target]}" for backend, table in
+               (("ONNX", onnx_index_ops.TRANSLATED), ("OpenVINO", openvino_index_ops.TRANSLATED))
+               if node.target in table]
+        if how:
+            item = _at(f"`{node.target}` converted by dynexport's translation ({'; '.join(how)})",
+                       location_from_stack_trace(node.meta.get("stack_trace")))
+            seen.setdefault((item.what, item.file, item.line), item)
+    return list(seen.values())
+
+
 def kit_ops(evidence: Evidence) -> list[Handled]:
     """Ops of dynexport's op kit (deform_conv2d, nms, ...) in the program, at the user's call,
     with how each backend gets them."""
@@ -73,6 +109,20 @@ def kit_ops(evidence: Evidence) -> list[Handled]:
             item = _at(f"`{op_name(node.target)}` from dynexport's op kit. {how}",
                        location_from_stack_trace(node.meta.get("stack_trace")))
             seen.setdefault((item.what, item.file, item.line), item)
+    return list(seen.values())
+
+
+def library_patches(evidence: Evidence) -> list[Handled]:
+    """Known-library functions replaced during capture (dynexport/patches), at each call."""
+    seen: dict[tuple, Handled] = {}
+    for call in evidence.capture.patched if evidence.capture else []:
+        patch = call.patch
+        what = (f"`{patch.target.replace(':', '.')}` replaced during capture by the "
+                f"known-library patch `{patch.name}`: {patch.why}. The eager model is "
+                "unchanged; verification compares against it. "
+                f"`--no-patch {patch.name}` turns it off")
+        item = _at(what, call.location)
+        seen.setdefault((patch.name, item.file, item.line), item)
     return list(seen.values())
 
 
@@ -182,7 +232,8 @@ def _holds_tensor(value: object) -> bool:
 
 
 STEPS: tuple[Callable[[Evidence], list[Handled]], ...] = (
-    keyword_call, decompositions, kit_ops, float64_in_openvino, size_oblivious,
+    keyword_call, decompositions, index_translations, kit_ops, library_patches,
+    float64_in_openvino, size_oblivious,
     data_dependent_outputs, unused_inputs_kept, number_outputs, mutated_inputs)
 
 

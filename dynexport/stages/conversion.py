@@ -28,9 +28,9 @@ def _decompose(run: Run) -> Decomposed:
             torch.export.save(program, path)
         except Exception as exc:  # the conversions need the program, not the file
             path.unlink(missing_ok=True)
-            return Decomposed(program, None, replaced_ops(captured.program),
+            return Decomposed(program, None, replaced_ops(captured.program, program),
                               unsaved=one_line(exc, 300))
-    return Decomposed(program, str(path), replaced_ops(captured.program))
+    return Decomposed(program, str(path), replaced_ops(captured.program, program))
 
 
 def _conversion_stage(backend: Backend) -> Stage:
