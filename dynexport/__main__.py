@@ -15,6 +15,7 @@ from dynexport.coverage import coverage_table
 from dynexport.errors import format_traceback
 from dynexport.isolation import DEFAULT_DEADLINE, Isolation
 from dynexport.names import BACKENDS, LAYOUTS, PRECISIONS
+from dynexport.patches import patch_names
 from dynexport.pipeline import Options, run_script, script_coverage
 from dynexport.precision.keep_f32 import parse_location
 from dynexport.runtimes import missing_device
@@ -61,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
                         metavar="FILE:LINE[,FILE:LINE...]",
                         help="--precision bf16/f16/int8: keep the ops called at these lines in "
                         "f32 (the report's 'Where it diverges' table suggests them)")
+    parser.add_argument("--no-patch", action="append", default=[], metavar="NAME[,NAME...]",
+                        help="do not apply these known-library patches during capture (names "
+                        "as the report's handled list gives them, e.g. torchvision.batched_nms)")
     parser.add_argument("--layout", default="",
                         help="serving repositories to write, among ovms,triton")
     parser.add_argument("--stage-timeout", type=float, default=DEFAULT_DEADLINE,
@@ -124,6 +128,13 @@ def _options(args: argparse.Namespace, target: str) -> Options:
         raise UsageError(f"--keep-f32 keeps lines in f32 under a reduced precision, and "
                          f"--precision {args.precision} computes everything in f32. Add "
                          "`--precision bf16` (or f16, int8, auto), or drop --keep-f32.")
+    no_patch = tuple(dict.fromkeys(x.strip() for value in args.no_patch
+                                   for x in value.split(",") if x.strip()))
+    known = patch_names()
+    if unknown_patches := [name for name in no_patch if name not in known]:
+        raise UsageError(f"--no-patch names unknown patches {unknown_patches}. dynexport's "
+                         f"patches are {', '.join(known)}; a script's own patches are turned "
+                         "off by not registering them.")
     if not args.stage_timeout > 0:
         raise UsageError(f"--stage-timeout {args.stage_timeout:g} is not a positive number of "
                          "seconds. Give the time a child stage may take, e.g. "
@@ -133,7 +144,7 @@ def _options(args: argparse.Namespace, target: str) -> Options:
                    device=args.device, precision=args.precision, layouts=layouts,
                    static=args.static, device_missing=missing_device(args.device),
                    accuracy_budget=args.accuracy_budget, isolation=isolation,
-                   keep_f32=keep_f32)
+                   keep_f32=keep_f32, no_patch=no_patch)
 
 
 def _ops(args: argparse.Namespace, console: Console) -> int:

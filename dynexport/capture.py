@@ -19,6 +19,7 @@ from dynexport.adapters.torch_export import backed_size_oblivious, draft_report
 from dynexport.errors import one_line
 from dynexport.inputs import Inputs
 from dynexport.names import STRATEGIES, Strategy
+from dynexport.patches import PatchCall, applied, calls_in_graph, registered_patches
 from dynexport.quiet import quiet_torch
 
 
@@ -46,6 +47,8 @@ class Capture:
     # Inputs' dimensions declared dynamic whose example size is 0 or 1, kept dynamic by
     # capturing size-obliviously (names like "x.0": input x, dimension 0).
     size_oblivious_dims: list[str] = field(default_factory=list)
+    # Known-library patches the captured program went through, at the lines that called them
+    patched: list[PatchCall] = field(default_factory=list)
 
     @property
     def draft_report(self) -> Any:
@@ -84,8 +87,10 @@ def method_module(model: torch.nn.Module, method: str) -> torch.nn.Module:
 
 def capture(model: torch.nn.Module, inputs: Inputs, dynamic_shapes: Any = None,
             method: str = "forward",
-            strategies: tuple[Strategy, ...] = STRATEGIES) -> Capture:
-    """Export `model` on `inputs`, falling back strict → non-strict → draft.
+            strategies: tuple[Strategy, ...] = STRATEGIES, no_patch: tuple[str, ...] = ()
+            ) -> Capture:
+    """Export `model` on `inputs`, falling back strict → non-strict → draft, with the
+    known-library patches (dynexport/patches) not named in `no_patch` applied.
 
     Raises CaptureError (holding every attempt) when all strategies fail."""
     module = model if method == "forward" else method_module(model, method)
@@ -99,7 +104,7 @@ def capture(model: torch.nn.Module, inputs: Inputs, dynamic_shapes: Any = None,
         progress.step(f"{strategy.replace('_', '-')} export")
         start = time.perf_counter()
         try:
-            with quiet_torch(), _size_oblivious(oblivious):
+            with quiet_torch(), _size_oblivious(oblivious), applied(no_patch) as calls:
                 program = _EXPORTERS[strategy](module, inputs.args, inputs.kwargs,
                                                dynamic_shapes)
         except Exception as exc:  # every failure is kept and explained, none is fatal here
@@ -107,6 +112,9 @@ def capture(model: torch.nn.Module, inputs: Inputs, dynamic_shapes: Any = None,
             continue
         result.attempts.append(Attempt(strategy, time.perf_counter() - start, program=program))
         result.program, result.strategy = program, strategy
+        result.patched = calls or calls_in_graph(
+            [node.meta.get("stack_trace") or "" for node in program.graph.nodes],
+            [patch for patch in registered_patches() if patch.name not in no_patch])
         if oblivious:
             result.size_oblivious_dims = _small_dynamic_dims(program, inputs)
         return result

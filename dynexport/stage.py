@@ -29,6 +29,7 @@ class Options:
     accuracy_budget: float = 1.0  # --precision auto: metric points below eager f32 allowed
     layouts: tuple[str, ...] = ()  # serving repositories to write
     keep_f32: tuple[str, ...] = ()  # FILE:LINE whose ops stay f32 under --precision
+    no_patch: tuple[str, ...] = ()  # known-library patches not to apply (--no-patch)
     # conversions and runtimes in child processes, each with a deadline (isolation.py)
     isolation: Isolation = field(default_factory=Isolation)
     static: bool = False  # every dimension fixed to the example's (--static, for NPU)

@@ -197,14 +197,14 @@ class OpRegistry:
     def openvino_extensions(self) -> list:
         """`ConversionExtension`s for `openvino.convert_model(..., extension=...)`; they only
         see their op if the input comes from `openvino_decoder_input`. Besides the registry's
-        ops: comparisons of sizes (backends/openvino_size_ops) and scatter_reduce
+        ops: arithmetic on sizes (backends/openvino_size_ops) and scatter_reduce
         (backends/openvino_index_ops), which OpenVINO's fx frontend lacks."""
         from dynexport.backends.openvino_index_ops import index_op_extensions
-        from dynexport.backends.openvino_size_ops import size_comparison_extensions
+        from dynexport.backends.openvino_size_ops import size_op_extensions
 
         return [openvino_frontend.conversion_extension(rec.name, rec.openvino)
                 for rec in self.ops() if rec.openvino is not None] \
-            + size_comparison_extensions() + index_op_extensions()
+            + size_op_extensions() + index_op_extensions()
 
     def openvino_decoder_input(self, program: ExportedProgram) -> Any:
         """What to pass to `openvino.convert_model` (with `extension=openvino_extensions()`)

@@ -10,7 +10,8 @@ from dynexport.stage import Run, Stage
 def _capture(run: Run) -> Capture:
     script = run.result("load", Script)
     dynamic_shapes = None if run.options.static else script.dynamic_shapes
-    return capture(script.model, script.example, dynamic_shapes, script.method)
+    return capture(script.model, script.example, dynamic_shapes, script.method,
+                   no_patch=run.options.no_patch)
 
 
 CAPTURE_STAGE = Stage("capture", _capture, needs=("load",))
