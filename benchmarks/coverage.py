@@ -2,7 +2,8 @@
 
 A thin call of `python -m dynexport sweep --raw` (docs/sweep.md) that writes docs/coverage.md:
 
-    python benchmarks/coverage.py              # every examples/zoo/*.py; writes docs/coverage.md
+    python benchmarks/coverage.py              # every examples/zoo/*.py and the flagships of
+                                               # examples/flagships.toml; writes docs/coverage.md
     python benchmarks/coverage.py resnet vit   # some of them (docs/coverage.md not written)
     python benchmarks/coverage.py --work DIR   # keep the sweep there: a re-run only runs the
                                                # scripts whose inputs changed (--force: all)
@@ -33,6 +34,7 @@ from dynexport.sweep.table import RAW_METHOD, failures, markdown_table
 
 REPO = Path(__file__).resolve().parent.parent
 ZOO = REPO / "examples" / "zoo"
+FLAGSHIPS = REPO / "examples" / "flagships.toml"  # the lidar flagship, small config
 DOC = REPO / "docs" / "coverage.md"
 TIMEOUT = 900  # seconds per subprocess
 
@@ -97,7 +99,8 @@ def write_doc(rows: list[dict], versions: dict[str, str | None]) -> None:
         "",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
         "",
-        "Each model of `examples/zoo/` (random weights, small inputs, no download) is run "
+        "Each model of `examples/zoo/` and the lidar flagship at its tiny config "
+        "(`examples/flagships.toml`; random weights, small inputs, no download) is run "
         "(a) through `python -m dynexport` and (b) through the raw tools. " + RAW_METHOD,
         "",
         markdown_table(rows, links=False),
@@ -128,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     work = (args.work or Path(tempfile.mkdtemp(prefix="dynexport-coverage-"))).resolve()
     os.chdir(REPO)  # rows name the scripts as examples/zoo/NAME.py
     command = [str(s.relative_to(REPO)) for s in scripts]
+    if not args.models:
+        command.append(str(FLAGSHIPS.relative_to(REPO)))
     command += ["--raw", "--out", str(work), "--timeout", str(TIMEOUT)]
     command += [*(["--jobs", str(args.jobs)] if args.jobs else []),
                 *(["--force"] if args.force else [])]

@@ -34,6 +34,11 @@ def test_explain_names_kit_ops_and_their_lowerings_at_the_call():
     assert "DeformConv" in deform and "DeformableConvolution" in deform
     assert "NonMaxSuppression" in kept and "dynexport.nms.default" in kept
     assert report.hazards == []
+    # kit ops are op rewrites (what a sweep's `dynexport fixed` lists); the keyword call is not
+    rewrites = {item.line for item in report.handled if item.op_rewrite}
+    assert rewrites == set(kit)
+    assert [item.to_json().get("op_rewrite") for item in report.handled
+            if item.line in kit] == [True, True]
 
 
 def test_ops_table_has_the_lowering_of_kit_ops(write_script):

@@ -46,9 +46,24 @@ _REPLACEMENTS = {
 }
 
 
-def _at(what: str, location: SourceLocation | None) -> Handled:
+def _at(what: str, location: SourceLocation | None, op_rewrite: bool = False) -> Handled:
     return Handled(what, location.file if location else None,
-                   location.line if location else None, location.code if location else None)
+                   location.line if location else None, location.code if location else None,
+                   op_rewrite)
+
+
+def _program_calls(evidence: Evidence,
+                   describe: Callable[[torch.fx.Node], str | None]) -> list[Handled]:
+    """An op rewrite at each call of the captured program that `describe` says dynexport
+    converts by itself, once per description and line."""
+    program = evidence.capture.program if evidence.capture else None
+    seen: dict[tuple, Handled] = {}
+    for node in program.graph.nodes if program is not None else []:
+        what = describe(node) if node.op == "call_function" else None
+        if what:
+            item = _at(what, location_from_stack_trace(node.meta.get("stack_trace")), True)
+            seen.setdefault((item.what, item.file, item.line), item)
+    return list(seen.values())
 
 
 def keyword_call(evidence: Evidence) -> list[Handled]:
@@ -71,7 +86,8 @@ def decompositions(evidence: Evidence) -> list[Handled]:
     seen: dict[tuple, Handled] = {}
     for op, location in evidence.replaced:
         how = _REPLACEMENTS.get(op, "portable ops")
-        item = _at(f"`{op}` decomposed into {how}, which ONNX and OpenVINO convert", location)
+        item = _at(f"`{op}` decomposed into {how}, which ONNX and OpenVINO convert", location,
+                   op_rewrite=True)
         seen.setdefault((op, item.file, item.line), item)
     return list(seen.values())
 
@@ -81,19 +97,14 @@ def index_translations(evidence: Evidence) -> list[Handled]:
     (backends/onnx_index_ops.py, backends/openvino_index_ops.py)."""
     from dynexport.backends import onnx_index_ops, openvino_index_ops
 
-    program = evidence.capture.program if evidence.capture else None
-    seen: dict[tuple, Handled] = {}
-    for node in program.graph.nodes if program is not None else []:
-        if node.op != "call_function":
-            continue
+    def describe(node: torch.fx.Node) -> str | None:
         how = [f"{backend}: {table[node.target]}" for backend, table in
                (("ONNX", onnx_index_ops.TRANSLATED), ("OpenVINO", openvino_index_ops.TRANSLATED))
                if node.target in table]
-        if how:
-            item = _at(f"`{node.target}` converted by dynexport's translation ({'; '.join(how)})",
-                       location_from_stack_trace(node.meta.get("stack_trace")))
-            seen.setdefault((item.what, item.file, item.line), item)
-    return list(seen.values())
+        return f"`{node.target}` converted by dynexport's translation ({'; '.join(how)})" \
+            if how else None
+
+    return _program_calls(evidence, describe)
 
 
 def kit_ops(evidence: Evidence) -> list[Handled]:
@@ -101,15 +112,11 @@ def kit_ops(evidence: Evidence) -> list[Handled]:
     with how each backend gets them."""
     from dynexport.coverage import kit_lowering, op_name
 
-    program = evidence.capture.program if evidence.capture else None
-    seen: dict[tuple, Handled] = {}
-    for node in program.graph.nodes if program is not None else []:
-        how = kit_lowering(node.target) if node.op == "call_function" else None
-        if how is not None:
-            item = _at(f"`{op_name(node.target)}` from dynexport's op kit. {how}",
-                       location_from_stack_trace(node.meta.get("stack_trace")))
-            seen.setdefault((item.what, item.file, item.line), item)
-    return list(seen.values())
+    def describe(node: torch.fx.Node) -> str | None:
+        how = kit_lowering(node.target)
+        return f"`{op_name(node.target)}` from dynexport's op kit. {how}" if how else None
+
+    return _program_calls(evidence, describe)
 
 
 def library_patches(evidence: Evidence) -> list[Handled]:
@@ -121,7 +128,7 @@ def library_patches(evidence: Evidence) -> list[Handled]:
                 f"known-library patch `{patch.name}`: {patch.why}. The eager model is "
                 "unchanged; verification compares against it. "
                 f"`--no-patch {patch.name}` turns it off")
-        item = _at(what, call.location)
+        item = _at(what, call.location, op_rewrite=True)
         seen.setdefault((patch.name, item.file, item.line), item)
     return list(seen.values())
 

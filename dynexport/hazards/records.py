@@ -83,11 +83,15 @@ class Handled:
     file: str | None = None
     line: int | None = None
     code: str | None = None
+    # an op dynexport decomposed, translated, supplied from its kit or patched in a library
+    # so that a backend converts it (what a raw route lacks), not a fact about the run
+    op_rewrite: bool = False
 
     COLUMNS = ("what dynexport handled", "location", "code")
 
     def to_json(self) -> dict:
-        return {"what": self.what, "file": self.file, "line": self.line, "code": self.code}
+        data = {"what": self.what, "file": self.file, "line": self.line, "code": self.code}
+        return data | {"op_rewrite": True} if self.op_rewrite else data
 
     def cells(self) -> tuple[str, ...]:
         return (self.what, where(self.file, self.line, short=True), self.code or "")

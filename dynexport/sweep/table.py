@@ -62,6 +62,8 @@ def _from_report(report: dict[str, Any]) -> dict[str, Any]:
     found["handled"] = [_short(h["what"])
                         + (f" at {Path(h['file']).name}:{h['line']}" if h.get("file") else "")
                         for h in report.get("handled", [])]
+    found["op_rewrites"] = [text for text, h in zip(found["handled"], report.get("handled", []),
+                                                    strict=True) if h.get("op_rewrite")]
     for route in ROUTES:
         rows = [v for v in report["verification"] if v["runtime"] == RUNTIME[route]]
         errors = [f"{v['inputs']}: {first_line(v['error'])}" for v in rows if v.get("error")]
@@ -157,13 +159,14 @@ def rule(dx: dict[str, Any], raw: dict[str, Any]) -> dict[str, str]:
 
 def fixed(dx: dict[str, Any], raw: dict[str, Any]) -> list[str]:
     """Where a raw route failed and dynexport's passed: the routes, and what dynexport's
-    report lists as handled (what it fixed by itself) that the raw tools lacked."""
+    report lists as op rewrites among what it handled (ops it decomposed, translated,
+    supplied or patched: what the raw tools lacked)."""
     routes = [route for route in ROUTES if not raw.get(route, {}).get("ok", False)
               and dx.get(route, {}).get("stage") == "ok" and dx.get(route, {}).get("verified")]
     if not routes:
         return []
     return [f"{', '.join(ROUTE_TITLE[r] for r in routes)}: "
-            + ("; ".join(dx.get("handled", [])) or "nothing listed in `handled`")]
+            + ("; ".join(dx.get("op_rewrites", [])) or "no op rewrite listed in `handled`")]
 
 
 # --- cells ------------------------------------------------------------------------------------
