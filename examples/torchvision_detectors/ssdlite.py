@@ -1,0 +1,36 @@
+"""torchvision's ssdlite320_mobilenet_v3_large, random weights, one 192×192 image (resized
+to 320×320 inside), a dynamic number of detections.
+
+    python -m dynexport examples/torchvision_detectors/ssdlite.py   # with torchvision, see
+                                                                    # _detectors.py
+
+Its postprocessing calls `torchvision.ops.boxes.batched_nms`, which branches on the number of
+boxes; dynexport's known-library patch `torchvision.batched_nms` replaces it during capture.
+With random weights every class scores ~1/91; a score threshold of 0.032 keeps a different
+number of boxes per image (measured: 21, 13 and 7 on the images of seeds 1, 2, 3).
+"""
+
+import torch
+from _detectors import Detections, detection_models, image, with_batch_statistics
+
+
+def get_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    detector = detection_models().ssdlite320_mobilenet_v3_large(
+        weights=None, weights_backbone=None, score_thresh=0.032, topk_candidates=50,
+        detections_per_img=100)
+    with_batch_statistics(detector, 320)
+    return Detections(detector)
+
+
+def get_inputs():
+    return image(1)
+
+
+def get_probe_inputs():
+    return image(2)
+
+
+def get_test_inputs():
+    """A third image neither run saw (tests/test_torchvision_detectors.py)."""
+    return image(3)
