@@ -316,7 +316,8 @@ RAW_METHOD = (
     "dynexport's corresponding stage and verification must work too, and where both raw "
     "routes work dynexport must exit 0 (`exit`); `n/a`: the raw route failed, nothing to "
     "check. `dynexport fixed`: the routes where the raw tools failed and dynexport passed, "
-    "with what its report lists as handled. `culprit`: the op a divergence was localised to "
+    "with the ops its report lists as rewritten (`handled` entries with `op_rewrite`). "
+    "`culprit`: the op a divergence was localised to "
     "(report `divergence`), at the user's line.")
 
 
