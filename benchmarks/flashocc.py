@@ -190,24 +190,27 @@ def openvino_profile(xml: Path, config: dict, feeds: list[np.ndarray]) -> dict:
 
 
 def int8_layers(xml: Path, config: dict, feeds: list[np.ndarray], top: int = 12) -> dict:
-    """Where an INT8 IR's time goes (PERF_COUNT, one inference after a warm-up): ms in layers
-    whose kernel runs on integers (exec type with i8/u8) and outside them, and the slowest
-    layers outside, by name."""
+    """Where an INT8 IR's time goes (PERF_COUNT, one inference after a warm-up): ms and count
+    of the layers that took time, those whose kernel runs on integers (exec type with i8/u8)
+    and those outside, and the slowest layers outside, by name."""
     import openvino as ov
 
     compiled = ov.Core().compile_model(str(xml), "CPU", {**config, "PERF_COUNT": True})
     request = compiled.create_infer_request()
     request.infer(feeds)
     request.infer(feeds)
-    int8_ms, outside = 0.0, []
+    int8_ms, int8_count, outside = 0.0, 0, []
     for info in request.profiling_info:
         ms = info.real_time.total_seconds() * 1e3
+        if ms <= 0:  # optimised out, or fused into another layer
+            continue
         if "i8" in info.exec_type.lower() or "u8" in info.exec_type.lower():
-            int8_ms += ms
-        elif ms > 0:
+            int8_ms, int8_count = int8_ms + ms, int8_count + 1
+        else:
             outside.append((ms, info.node_name, info.node_type, info.exec_type))
     outside.sort(reverse=True)
-    return {"int8_ms": int8_ms, "outside_ms": sum(o[0] for o in outside),
+    return {"int8_ms": int8_ms, "int8_count": int8_count,
+            "outside_ms": sum(o[0] for o in outside), "outside_count": len(outside),
             "outside_top": [{"ms": ms, "name": name, "type": kind, "exec": exec_type}
                             for ms, name, kind, exec_type in outside[:top]]}
 
@@ -382,12 +385,14 @@ def markdown(results: list[dict], machine: dict) -> str:
                       f"{default / both:.2f} ×)"]
         layers = r.get("int8_layers")
         if layers:
+            total = layers["int8_ms"] + layers["outside_ms"]
             lines += ["", f"INT8 IR under the default hint, per layer (PERF_COUNT): "
-                      f"{layers['int8_ms']:.0f} ms in i8/u8 kernels, {layers['outside_ms']:.0f} ms "
-                      "outside; the slowest outside:", "",
-                      "| layer | type | exec | ms |", "|---|---|---|---:|"]
-            lines += [f"| {o['name']} | {o['type']} | {o['exec']} | {o['ms']:.1f} |"
-                      for o in layers["outside_top"]]
+                      f"{layers['int8_ms']:.0f} ms in {layers['int8_count']} i8/u8 kernels, "
+                      f"{layers['outside_ms']:.0f} ms ({100 * layers['outside_ms'] / total:.1f} %) "
+                      f"in {layers['outside_count']} layers outside; the slowest outside:", "",
+                      "| layer | type | exec | ms | share |", "|---|---|---|---:|---:|"]
+            lines += [f"| {o['name']} | {o['type']} | {o['exec']} | {o['ms']:.1f} | "
+                      f"{100 * o['ms'] / total:.1f} % |" for o in layers["outside_top"]]
         lines.append("")
     return "\n".join(lines)
 
