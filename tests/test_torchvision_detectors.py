@@ -21,6 +21,8 @@ PATCHES = {
     "retinanet": ["torchvision.batched_nms"],
     "fasterrcnn": ["torchvision.batched_nms", "torchvision.box_coder_decode",
                    "torchvision.multiscale_roi_align"],
+    "maskrcnn": ["torchvision.batched_nms", "torchvision.box_coder_decode",
+                 "torchvision.multiscale_roi_align", "torchvision.paste_masks_in_image"],
 }
 
 
@@ -68,7 +70,10 @@ def test_detector_exports_and_verifies(detection_models, name, tmp_path):
     onnx_outputs = session.run(None, {session.get_inputs()[0].name: image})
     ir_outputs = list(ov.compile_model(str(tmp_path / "openvino" / "model.xml"), "CPU")(image)
                       .values())
+    # the script's absolute tolerance where it declares one (maskrcnn's masks, in [0, 1])
+    declared = getattr(script, "tolerances", {})
     for outputs in (onnx_outputs, ir_outputs):
-        for got, want in zip(outputs, test, strict=True):
+        for index, (got, want) in enumerate(zip(outputs, test, strict=True)):
             assert got.shape == tuple(want.shape)
-            np.testing.assert_allclose(got, want.numpy(), rtol=1e-3, atol=1e-3)
+            atol = declared.get(str(index), {}).get("atol", 1e-3)
+            np.testing.assert_allclose(got, want.numpy(), rtol=1e-3, atol=atol)
