@@ -83,6 +83,9 @@ NOTES = [
     "imports torchvision at `import timm` (timm/layers/create_norm.py: "
     "`from torchvision.ops.misc import FrozenBatchNorm2d`). The zoo's mobile network is "
     "transformers' MobileNetV2.",
+    "torchvision's four detectors (fasterrcnn, retinanet, ssdlite, maskrcnn), which fail at "
+    "the raw `torch.export.export` and convert and verify through dynexport's known-library "
+    "patches, are swept in a venv with torchvision: docs/coverage_torchvision.md.",
     "Seconds are wall times (subprocess start to end, imports included) on a 2-core machine "
     "shared with other jobs: compare them with each other only roughly.",
 ]
