@@ -322,8 +322,8 @@ def run_case(config: str, ranks: str, runs: int, peak_gflops: float, sgemm: floa
             profiles["OpenVINO INT8"] = openvino_profile(
                 int8_xml, {"INFERENCE_PRECISION_HINT": "f32"}, feeds)
             int8_profile = int8_layers(int8_xml, {}, feeds)
-        default_precision = str(made["OpenVINO default"].compiled.get_property(
-            "INFERENCE_PRECISION_HINT"))
+        default_precision = made["OpenVINO default"].compiled.get_property(
+            "INFERENCE_PRECISION_HINT").get_type_name()  # f32, bf16, f16
         del made
         gc.collect()
         pool = bev_pool_alone(script, folder, runs)
