@@ -89,6 +89,21 @@ def test_shape_arithmetic_is_not_called_a_custom_op():
     assert "custom op" in fix_for("mylib.swish.default", "onnx")
 
 
+def test_a_declined_decomposition_gets_its_own_familys_fix():
+    """Found on a lidar scatter (`canvas[:, ys, xs] = v` failing in OpenVINO): every op of the
+    decomposition table got the inverse/det fix."""
+    from dynexport.coverage import op_name
+    from dynexport.decompositions import inverse, scatter, unique
+
+    index_put = fix_for("aten.index_put.default", "openvino")
+    assert index_put == scatter.DECLINED and "inverse" not in index_put
+    assert "flat integer index" in index_put
+    assert fix_for("aten._unique2.default", "onnx") == unique.DECLINED
+    for op in (torch.ops.aten.linalg_inv_ex.default, torch.ops.aten.linalg_solve_ex.default):
+        assert fix_for(op_name(op), "openvino") == inverse.DECLINED
+    assert fix_for("aten._linalg_check_errors.default", "onnx") == inverse.DECLINED
+
+
 def test_attribute_reads_of_a_masked_tensor_are_not_branches_on_its_length():
     import dynexport
 

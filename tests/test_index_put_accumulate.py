@@ -109,8 +109,10 @@ def test_what_the_decomposition_declines():
     assert index_put(self, [rows], values, False) is NotImplemented  # a write, not a sum
     assert index_put(self, [torch.tensor([True, False, True, False, False])], values,
                      True) is NotImplemented
+    assert index_put(torch.zeros(4, 5, 3), [rows, torch.tensor([0, 2])], values,
+                     False) is NotImplemented  # adjacent leading indices: converted as captured
     assert index_put(self, [None, torch.tensor([0, 2])], torch.ones(5, 2),
-                     True) is NotImplemented
+                     False) is NotImplemented  # one index after a slice: converted as captured
     assert index_put_(self, [rows], values, False) is NotImplemented
 
 

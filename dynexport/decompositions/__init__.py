@@ -20,20 +20,25 @@ from dynexport.decompositions.attention_layout import pin_attention_layouts
 from dynexport.decompositions.map_unroll import unroll_static_maps
 from dynexport.decompositions.splice import SpliceUnsupported, splice_decompositions
 
-__all__ = ["decompose", "decomposition_table", "program_ops"]
+__all__ = ["declined_fixes", "decompose", "decomposition_table", "program_ops"]
+
+# One module per op family: its table() and the DECLINED fix of the calls it leaves.
+_FAMILIES = (grid_sample, inverse, pooling, scatter, search, unique)
 
 
 def decomposition_table() -> dict[OpOverload, Callable]:
     """Every op dynexport decomposes, mapped to its decomposition (a fresh dict)."""
     table: dict[OpOverload, Callable] = {}
-    table.update(grid_sample.table())
-    table.update(inverse.table())
-    table.update(pooling.table())
-    table.update(scatter.table())
-    table.update(search.table())
-    table.update(unique.table())
+    for family in _FAMILIES:
+        table.update(family.table())
     # dynexport's own custom ops must reach the backends intact for their translations.
     return {op: fn for op, fn in table.items() if op.namespace != "dynexport"}
+
+
+def declined_fixes() -> dict[OpOverload, str]:
+    """Each op dynexport decomposes → what to change in the model where a backend still fails
+    on it (its decomposition declined that call: a 16x16 inverse, a boolean-mask write)."""
+    return {op: family.DECLINED for family in _FAMILIES for op in family.table()}
 
 
 def program_ops(ep: ExportedProgram) -> set[object]:

@@ -38,6 +38,13 @@ _ZEROS, _BORDER = 0, 1
 _DTYPES = (torch.float32, torch.float64)
 
 
+# The fix a report gives where a backend fails on these ops: this module declined the call.
+DECLINED = ("dynexport decomposes 5-D grid_sample only for float32/float64 input with static "
+            "D, H, W, mode bilinear or nearest and padding zeros or border: keep D, H, W "
+            "static and use those modes, or sample 2-D slices (4-D grid_sample converts as it "
+            "is)")
+
+
 def _clip(t: Tensor, low: float | int, high: Tensor | int | float) -> Tensor:
     """t clamped to [low, high]; high may be a tensor broadcasting against t."""
     t = t.clamp(min=low)

@@ -27,6 +27,11 @@ from dynexport.adapters.torch_export import OpOverload
 
 MAX_SIZE = 8
 _DTYPES = (torch.float32, torch.float64)
+# The fix a report gives where a backend fails on these ops: this module declined the call.
+DECLINED = ("dynexport decomposes inverse, det and solve only for float32/float64 matrices of "
+            f"static size up to {MAX_SIZE}x{MAX_SIZE}: keep the size static and the dtype "
+            "float32/float64, or compute the result outside the model and pass it in as an "
+            "input")
 
 
 def static_size(A: torch.Tensor) -> int | None:

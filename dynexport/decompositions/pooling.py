@@ -34,6 +34,12 @@ from dynexport.adapters.torch_export import OpOverload
 aten = torch.ops.aten
 _AVG = {1: aten.avg_pool1d.default, 2: aten.avg_pool2d.default, 3: aten.avg_pool3d.default}
 _MAX = {1: aten.max_pool1d.default, 2: aten.max_pool2d.default, 3: aten.max_pool3d.default}
+# The fix a report gives where a backend fails on these ops: this module declined the call.
+DECLINED = ("dynexport rewrites a pool only where a window runs past the map (a kernel larger "
+            "than the padded input, a ceil-mode last window) or an avg pool has "
+            "divisor_override, and never a dilated max pool whose kernel is larger than the "
+            "map: pad the input with F.pad and pool with ceil_mode=False and a kernel within "
+            "the map")
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """index_add and index_put(accumulate=True) as scatter_add: exact in every runtime; index_reduce
-as scatter_reduce.
+as scatter_reduce; the index writes OpenVINO cannot convert (`canvas[:, ys, xs] = v`) as a
+write with one flat index.
 
 torch.onnx lowers `index_add` and `index_put(..., accumulate=True)` to ScatterND with reduction
 "add", which onnxruntime's CPU kernel computes wrongly, and differently from run to run, when
@@ -19,6 +20,12 @@ from collections.abc import Callable, Sequence
 import torch
 
 from dynexport.adapters.torch_export import OpOverload
+
+# The fix a report gives where a backend fails on these ops: this module declined the call.
+DECLINED = ("dynexport rewrites index_add, index_reduce and index_put only with integer index "
+            "tensors (a boolean mask or a 0-d tensor stays as written): index with the integer "
+            "positions (`mask.nonzero(as_tuple=True)`), or write through one flat integer "
+            "index into a flattened view (`canvas.view(C, -1)[:, ys * W + xs] = v`)")
 
 
 def index_add(self: torch.Tensor, dim: int, index: torch.Tensor, source: torch.Tensor,
@@ -53,26 +60,65 @@ def index_reduce(self: torch.Tensor, dim: int, index: torch.Tensor, source: torc
 
 def index_put(self: torch.Tensor, indices: Sequence[torch.Tensor | None], values: torch.Tensor,
               accumulate: bool = False) -> torch.Tensor:
-    """`self.index_put(indices, values, accumulate=True)` for integer index tensors over the
-    leading dims: their broadcast indices become one flat index into those dims, and the
-    values are index_add-ed along dim 0 of `self` viewed as (cells, *rest).
+    """`self.index_put(indices, values, accumulate)` with integer index tensors, as one flat
+    index into `self` viewed as (cells, *rest): the indexed dims moved to the front and their
+    broadcast indices combined into one.
 
-    Declines (the op stays) without accumulate (a write, not a sum: torch.onnx's ScatterND
-    without reduction) and for boolean masks or skipped dims (None)."""
-    if not accumulate or self.dim() == 0 or not 0 < len(indices) <= self.dim():
+    With accumulate=True that index is index_add-ed (scatter_add), wherever the index tensors
+    stand. A write (accumulate=False) is rewritten only where OpenVINO's frontend cannot
+    convert it, two or more index tensors with a slice before or between them
+    (`canvas[:, ys, xs] = v`: its AtenIndexPutReplacer fails, OpenVINO 2026.4); it stays an
+    index_put, now with one leading index, which both backends convert. Declines (the op
+    stays) for boolean masks and for the writes both backends convert as captured."""
+    if self.dim() == 0 or not 0 < len(indices) <= self.dim():
         return NotImplemented
-    if any(index is None or index.dtype in (torch.bool, torch.uint8) for index in indices):
+    if any(index is not None and index.dtype in (torch.bool, torch.uint8) for index in indices):
         return NotImplemented
-    indexed, rest = self.shape[:len(indices)], self.shape[len(indices):]
+    indexed = [dim for dim, index in enumerate(indices) if index is not None]
+    if not indexed:
+        return NotImplemented
+    if not accumulate and (len(indexed) < 2 or indexed == list(range(len(indexed)))):
+        return NotImplemented
+    flat, cells, source = _flat_index_put_args(self, indices, indexed, values)
+    if accumulate:
+        written = index_add(cells, 0, flat, source)
+    else:
+        written = cells.index_put((flat,), source.to(self.dtype))
+    front = list(range(len(indexed)))
+    return written.reshape([self.shape[d] for d in indexed] + _rest_sizes(self, indexed)) \
+        .movedim(front, indexed)
+
+
+def _rest_sizes(self: torch.Tensor, indexed: list[int]) -> list:
+    return [size for dim, size in enumerate(self.shape) if dim not in indexed]
+
+
+def _flat_index_put_args(self: torch.Tensor, indices: Sequence[torch.Tensor | None],
+                         indexed: list[int], values: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(flat index, `self` as (cells, *rest), values as (flat.numel(), *rest)).
+
+    torch puts the broadcast index dims where the indexed dims stand when these are
+    adjacent, and in front otherwise; `values` broadcasts to that layout, and is moved so
+    that the index dims lead, as in the flattened `self`."""
+    tensors = torch.broadcast_tensors(*(indices[dim] for dim in indexed))
     flat = None
-    for index, size in zip(torch.broadcast_tensors(*indices), indexed, strict=True):
+    for index, dim in zip(tensors, indexed, strict=True):
+        size = self.shape[dim]
         index = index.to(torch.int64)
         index = torch.where(index < 0, index + size, index)  # negative counts from the end
         flat = index if flat is None else flat * size + index
+    rest = _rest_sizes(self, indexed)
+    adjacent = indexed == list(range(indexed[0], indexed[-1] + 1))
+    lead = indexed[0] if adjacent else 0  # rest dims before the index dims in the result
+    broadcast = list(flat.shape)
+    result_shape = rest[:lead] + broadcast + rest[lead:]
+    source = values.expand(result_shape).movedim(
+        list(range(lead, lead + len(broadcast))), list(range(len(broadcast))))
     # Sizes spelled out: reshape(-1, ...) is ambiguous when `rest` holds a 0.
-    cells = self.reshape(math.prod(indexed), *rest)
-    source = values.expand(*flat.shape, *rest).reshape(flat.numel(), *rest)
-    return index_add(cells, 0, flat.reshape(-1), source).reshape(self.shape)
+    cells = self.movedim(indexed, list(range(len(indexed)))).reshape(
+        math.prod(self.shape[dim] for dim in indexed), *rest)
+    return flat.reshape(-1), cells, source.reshape(flat.numel(), *rest)
 
 
 def index_put_(self: torch.Tensor, indices: Sequence[torch.Tensor | None],

@@ -17,6 +17,12 @@ import torch
 
 from dynexport.adapters.torch_export import OpOverload
 
+# The fix a report gives where a backend fails on searchsorted (this module declines nothing,
+# so this names what it became).
+DECLINED = ("dynexport rewrites searchsorted as bucketize (1-D boundaries) or as a count of "
+            "smaller boundaries (batched): count them in the model, "
+            "`(seq.unsqueeze(-2) < v.unsqueeze(-1)).sum(-1)`")
+
 
 def searchsorted(sorted_sequence: torch.Tensor, self: torch.Tensor, *, out_int32: bool = False,
                  right: bool = False, side: str | None = None,

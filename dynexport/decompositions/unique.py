@@ -30,6 +30,11 @@ import torch
 
 from dynexport.adapters.torch_export import OpOverload
 
+# The fix a report gives where a backend fails on these ops: this module declined the call.
+DECLINED = ("dynexport decomposes unique and unique_consecutive, with dim only where the "
+            "slices along dim have a static size: make the other dimensions static, or "
+            "flatten each slice into one integer key first")
+
 
 def _starts_run(rows: torch.Tensor) -> torch.Tensor:
     """Whether each element (a row, for rows of several columns) differs from the one before

@@ -31,13 +31,12 @@ def unsupported_op_hazard(op: UnsupportedOp) -> Hazard:
 
 def fix_for(op: str, backend: str) -> str:
     from dynexport.coverage import op_name
-    from dynexport.decompositions import decomposition_table
+    from dynexport.decompositions import declined_fixes, inverse
 
-    if op in {op_name(o) for o in decomposition_table()} | _LINALG_INTERNALS:
-        return ("dynexport decomposes inverse, det and solve only for float32/float64 "
-                "matrices of static size up to 8x8: keep the size static and the dtype "
-                "float32/float64, or compute the result outside the model and pass it in "
-                "as an input")
+    fixes = {op_name(decomposed): fix for decomposed, fix in declined_fixes().items()}
+    fixes.update(dict.fromkeys(_LINALG_INTERNALS, inverse.DECLINED))
+    if op in fixes:
+        return fixes[op]
     if op.startswith(_SHAPE_ARITHMETIC):
         return (f"`{op}` is arithmetic on symbolic sizes that {backend} cannot lower: compute "
                 "the size from static dimensions, use tensor ops on `x.shape` values "
