@@ -88,10 +88,22 @@ def convert_partially(decoder_: Any, extensions: Iterable[Any] = ()) -> Any:
     return frontend.convert_partially(frontend.load(decoder_))
 
 
+def fx_node_of_layer(layer_name: str) -> str:
+    """The fx node an OpenVINO layer was made from: the frontend names the layers of a node
+    "<fx node>/<aten op>/<op>"."""
+    return layer_name.split("/", 1)[0]
+
+
+def fx_node_of_tensor(tensor_name: str) -> str | None:
+    """The fx node whose value an OpenVINO tensor holds: the frontend names a node's result
+    "<fx node>:0". None for other names."""
+    return tensor_name.removesuffix(":0") if tensor_name.endswith(":0") else None
+
+
 def framework_node_names(model: Any) -> list[str]:
     """The fx node names of the framework nodes (unconverted ops) of a partially converted
-    model: the decoder names each OpenVINO node "<fx node name>/<op type>"."""
-    return [op.get_friendly_name().split("/", 1)[0] for op in model.get_ordered_ops()
+    model."""
+    return [fx_node_of_layer(op.get_friendly_name()) for op in model.get_ordered_ops()
             if "FrameworkNode" in op.get_type_name()]
 
 

@@ -24,6 +24,7 @@ from torch.export import ExportedProgram
 from torch.fx._pytree import tree_flatten_spec
 from torch.utils import _pytree as pytree
 
+from dynexport.adapters import openvino_frontend
 from dynexport.adapters.openvino_frontend import decoder_graph_module
 from dynexport.adapters.torch_onnx import onnx_registry, prepare_for_export
 from dynexport.custom_ops.registry import default_registry
@@ -191,7 +192,7 @@ def openvino_reader(path: Path, inputs: Inputs, signature: Signature, renamed: d
             continue
         for port in op.outputs():
             for name in port.get_names():
-                by_name.setdefault(name.removesuffix(":0"), name)
+                by_name.setdefault(openvino_frontend.fx_node_of_tensor(name) or name, name)
     tensors = dict(by_name)  # FX node → the name of the tensor that holds its value
     tensors.update({node: by_name[name] for node, name in renamed.items() if name in by_name})
     feeds = to_numpy(inputs.tensors())

@@ -15,6 +15,7 @@ from typing import Any
 
 from torch.export import ExportedProgram
 
+from dynexport.adapters import openvino_frontend
 from dynexport.adapters.openvino_frontend import decoder_graph_module
 from dynexport.custom_ops.registry import OpRegistry, resolve
 from dynexport.hazards.location import location_from_stack_trace
@@ -72,8 +73,8 @@ def layers_of(xml: str | os.PathLike, fx_names: Iterable[str]) -> tuple[list[str
     for layer in IRGraph(ET.parse(Path(xml)).getroot()).layers.values():
         if layer.type in ("Const", "Parameter", "Result"):
             continue
-        sources = {layer.name.split("/", 1)[0]} | {
-            name.removesuffix(":0") for name in layer.tensors if name.endswith(":0")}
+        sources = {openvino_frontend.fx_node_of_layer(layer.name)} | {
+            openvino_frontend.fx_node_of_tensor(name) for name in layer.tensors} - {None}
         if hit := sources.intersection(wanted):
             layers.append(layer.name)
             matched |= hit
