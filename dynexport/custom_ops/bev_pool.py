@@ -9,10 +9,11 @@ One op, `torch.ops.dynexport.bev_pool_v2`, with everything side by side:
 * decomposition, the CompositeImplicitAutograd kernel plain `openvino.convert_model(ep)` and
   `torch.onnx.export(ep)` apply: gather, multiply, `scatter_add` (ScatterElements with
   reduction add: exact and deterministic in onnxruntime and OpenVINO, at any thread count);
-* ONNX translation: the blocked form. The sorted points in blocks of 8, each block's
-  intervals summed by a small MatMul, the intervals that span blocks joined by a float64
-  running sum over the blocks, written once per cell by ScatterND without reduction (no
-  duplicate indices, so no race in onnxruntime's multi-threaded ScatterND);
+* ONNX translation: the blocked form (onnx_interval_sums.py, shared with BEVFusion's pool).
+  The sorted points in blocks of 8, each block's intervals summed by a small MatMul, the
+  intervals that span blocks joined by a float64 running sum over the blocks, written once
+  per cell by ScatterND without reduction (no duplicate indices, so no race in
+  onnxruntime's multi-threaded ScatterND);
 * OpenVINO conversion: ScatterNDUpdate with reduction sum, which OpenVINO's CPU plugin
   computes exactly and deterministically, and fastest.
 """
@@ -23,6 +24,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from dynexport.custom_ops.onnx_interval_sums import blocked_interval_sums
 from dynexport.custom_ops.registry import register
 
 __all__ = ["bev_pool_v2", "prepare_bev_pool_v2"]
@@ -238,34 +240,16 @@ def _decomposition(depth: Tensor, feat: Tensor, ranks_depth: Tensor, ranks_feat:
 
 # --- ONNX translation (onnxscript, standard ops) -------------------------------------------------
 
-# Points per block of the ONNX form; 8 beat 16, 32 and the float64 running sum on FlashOcc M0
-# (docs/performance.md, "bev_pool_v2 in onnxruntime").
-_ONNX_BLOCK = 8
-
-
 def _onnx(depth, feat, ranks_depth, ranks_feat, ranks_bev, bev_feat_shape, interval_starts,
           interval_lengths):
-    """Blocked form: the sorted points in blocks of K = _ONNX_BLOCK, each block's intervals
-    summed by one small MatMul, the pieces of an interval that spans blocks joined by a float64
-    running sum over the blocks' first pieces.
-
-    Block b holds points bK..bK+K-1; A[b, s, j] is point j's depth weight where s is its
-    interval's rank within the block (interval index − the block's first interval index),
-    so A[b] @ rows[b] gives every interval's partial sum in that block, in f32 with each
-    interval alone (no running sum over other cells). An interval p spanning blocks b0..b1 is
-    the first interval of every block after b0, so its sum is its piece in b0 plus
-    heads[b1] − heads[b0], heads the running sum of each block's first piece, kept in float64
-    over the M/K blocks only. No reduction over repeated indices (ScatterElements and ScatterND
-    write distinct positions), so any thread count gives the same result.
-    """
+    """The intervals summed by onnx_interval_sums' blocked MatMul (rows: feature rows at
+    ranks_feat, weights: depth at ranks_depth), written once per cell by ScatterND without
+    reduction: no duplicate indices, so no race in onnxruntime's multi-threaded ScatterND."""
     from onnx import TensorProto
     from onnxscript import opset18 as op
 
     def ints(*values):
         return op.Constant(value_ints=list(values))
-
-    def scalar(value):
-        return op.Constant(value_int=value)
 
     if all(isinstance(size, int) for size in bev_feat_shape):
         shape = ints(*bev_feat_shape)
@@ -274,46 +258,15 @@ def _onnx(depth, feat, ranks_depth, ranks_feat, ranks_bev, bev_feat_shape, inter
                             for size in bev_feat_shape), axis=0)
     channels = op.Slice(shape, ints(4), ints(5))
     cells = op.ReduceProd(op.Slice(shape, ints(0), ints(4)), keepdims=1)
-    k = _ONNX_BLOCK
-    block, one = ints(k), scalar(1)
     starts = op.Cast(interval_starts, to=TensorProto.INT64)
-    lengths = op.Cast(interval_lengths, to=TensorProto.INT64)
-    points = op.Shape(ranks_bev)
-    blocks = op.Div(op.Add(points, ints(k - 1)), block)
-    pad = op.Concat(ints(0), op.Sub(op.Mul(blocks, block), points), axis=0)
-    zero = op.CastLike(op.Constant(value_float=0.0), depth)
-    # The padding points weigh 0, read feature row 0 and join the last interval.
-    weights = op.Pad(op.Gather(op.Reshape(depth, ints(-1)), ranks_depth, axis=0), pad)
-    rows = op.Gather(op.Reshape(feat, op.Concat(ints(-1), channels, axis=0)),
-                     op.Pad(op.Cast(ranks_feat, to=TensorProto.INT64), pad), axis=0)
-    # Interval index of every point: 1 at each interval start, summed.
-    marks = op.ScatterElements(op.Expand(scalar(0), points), starts,
-                               op.Expand(one, op.Shape(starts)), axis=0)
-    interval = op.Reshape(op.Pad(op.Sub(op.CumSum(marks, ints(0)), one), pad, mode="edge"),
-                          op.Concat(blocks, block, axis=0))
-    first = op.Slice(interval, ints(0), ints(1), ints(1))  # (blocks, 1)
-    within = op.Sub(interval, first)  # < K: a block of K points meets at most K intervals
-    block_index = op.Unsqueeze(op.Range(scalar(0), op.Squeeze(blocks), one), ints(1))
-    slot = op.Add(op.Mul(block_index, ints(k * k)),
-                  op.Add(op.Mul(within, block), op.Reshape(op.Range(scalar(0), scalar(k), one),
-                                                           ints(1, k))))
-    pooling = op.ScatterElements(op.Expand(zero, op.Mul(op.Mul(blocks, block), block)),
-                                 op.Reshape(slot, ints(-1)), weights, axis=0)
-    pieces = op.MatMul(op.Reshape(pooling, op.Concat(blocks, block, block, axis=0)),
-                       op.Reshape(rows, op.Concat(blocks, block, channels, axis=0)))
-    heads = op.CumSum(op.Cast(op.Gather(pieces, scalar(0), axis=1), to=TensorProto.DOUBLE),
-                      ints(0))
-    first_block = op.Div(starts, block)
-    last_block = op.Div(op.Sub(op.Add(starts, lengths), one), block)
-    rank = op.Range(scalar(0), op.Squeeze(op.Shape(starts)), one)
-    own = op.Add(op.Mul(first_block, block),
-                 op.Sub(rank, op.Gather(op.Reshape(first, ints(-1)), first_block, axis=0)))
-    carried = op.Sub(op.Gather(heads, last_block, axis=0), op.Gather(heads, first_block, axis=0))
-    sums = op.Add(op.Gather(op.Reshape(pieces, op.Concat(ints(-1), channels, axis=0)), own,
-                            axis=0),
-                  op.CastLike(carried, depth))
+    sums = blocked_interval_sums(
+        op, op.Gather(op.Reshape(depth, ints(-1)), ranks_depth, axis=0),
+        op.Reshape(feat, op.Concat(ints(-1), channels, axis=0)),
+        op.Cast(ranks_feat, to=TensorProto.INT64), starts,
+        op.Cast(interval_lengths, to=TensorProto.INT64))
     targets = op.Gather(op.Cast(ranks_bev, to=TensorProto.INT64), starts, axis=0)
-    zeros = op.Expand(zero, op.Concat(cells, channels, axis=0))
+    zeros = op.Expand(op.CastLike(op.Constant(value_float=0.0), depth),
+                      op.Concat(cells, channels, axis=0))
     pooled = op.ScatterND(zeros, op.Unsqueeze(targets, ints(1)), sums)
     return op.Transpose(op.Reshape(pooled, shape), perm=[0, 4, 1, 2, 3])
 

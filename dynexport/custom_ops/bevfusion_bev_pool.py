@@ -34,9 +34,9 @@ The op, like `bev_pool.py`'s bev_pool_v2 (the worked example of the kit):
 * decomposition, the CompositeImplicitAutograd kernel that plain `openvino.convert_model(ep)`
   and `torch.onnx.export(ep)` apply: `scatter_add` of every point into its voxel
   (ScatterElements with reduction add: exact and deterministic);
-* ONNX translation: the interval form, a float64 running sum over the sorted points
-  differenced at the interval ends and written once per voxel by ScatterND without reduction
-  (no duplicate indices, so no race in onnxruntime's multi-threaded ScatterND);
+* ONNX translation: the intervals summed by the blocked MatMul form shared with bev_pool_v2
+  (onnx_interval_sums.py), written once per voxel by ScatterND without reduction (no
+  duplicate indices, so no race in onnxruntime's multi-threaded ScatterND);
 * OpenVINO conversion: ScatterNDUpdate with reduction sum.
 """
 
@@ -45,6 +45,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from dynexport.custom_ops.onnx_interval_sums import blocked_interval_sums
 from dynexport.custom_ops.registry import register
 
 __all__ = ["bev_pool"]
@@ -230,28 +231,6 @@ def _decomposition(feats: Tensor, coords: Tensor, interval_lengths: Tensor,
 
 # --- ONNX translation (onnxscript, standard ops) -------------------------------------------------
 
-def _onnx_interval_sums(op, values, starts, lengths):
-    """Sum of values[starts[i] : starts[i] + lengths[i]] for every i, without a scatter.
-
-    A running sum over the rows, differenced at the interval ends. It is kept in float64
-    and centred on the mean row (the mean times the length is added back), so that its
-    magnitude, and so its rounding, stays that of a single interval's sum. `starts` and
-    `lengths` are int64. (bev_pool_v2's ONNX translation does the same inline.)
-    """
-    from onnx import TensorProto
-
-    axis0 = op.Constant(value_ints=[0])
-    mean = op.ReduceMean(values, axis0, keepdims=1)
-    running = op.CumSum(op.Cast(op.Sub(values, mean), to=TensorProto.DOUBLE), axis0)
-    zero_row = op.Expand(op.CastLike(op.Constant(value_float=0.0), running),
-                         op.Concat(op.Constant(value_ints=[1]), op.Shape(values, start=1), axis=0))
-    running = op.Concat(zero_row, running, axis=0)  # running[k]: sum of the first k rows
-    sums = op.Sub(op.Gather(running, op.Add(starts, lengths), axis=0),
-                  op.Gather(running, starts, axis=0))
-    lengths = op.Unsqueeze(op.CastLike(lengths, values), op.Constant(value_ints=[1]))
-    return op.Add(op.CastLike(sums, values), op.Mul(lengths, mean))
-
-
 def _onnx(feats, coords, interval_lengths, interval_starts, b, d, h, w):
     """Interval sums written once per voxel: ScatterND without reduction."""
     from onnx import TensorProto
@@ -264,7 +243,11 @@ def _onnx(feats, coords, interval_lengths, interval_starts, b, d, h, w):
 
     b, d, h, w = (size(v) for v in (b, d, h, w))
     starts = op.Cast(interval_starts, to=TensorProto.INT64)
-    sums = _onnx_interval_sums(op, feats, starts, op.Cast(interval_lengths, to=TensorProto.INT64))
+    points = op.Shape(feats, start=0, end=1)
+    sums = blocked_interval_sums(
+        op, op.Expand(op.CastLike(op.Constant(value_float=1.0), feats), points), feats,
+        op.Range(op.Constant(value_int=0), op.Squeeze(points), op.Constant(value_int=1)),
+        starts, op.Cast(interval_lengths, to=TensorProto.INT64))
     first = op.Cast(op.Gather(coords, starts, axis=0), to=TensorProto.INT64)  # (P, 4)
 
     def column(i):
