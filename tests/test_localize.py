@@ -161,6 +161,30 @@ def test_an_integer_from_floats_within_tolerance_is_a_boundary_crossing():
     assert "integer boundary" in _lowering_fix(found, "openvino", {})
 
 
+def test_int64_values_a_runtime_kept_within_int32_are_told_apart():
+    """torch's keys pass 2**31 and the runtime's wrap or saturate within int32: that, not the
+    converter's op, is the fix. Keys that differ beyond int32 on both sides are not it."""
+    import numpy as np
+
+    from dynexport.localization import _lowering_fix
+    from dynexport.localization.blame import culprit
+    from dynexport.localization.values import compare_values
+
+    keys = torch.tensor([5, 4_000_000_001, 8_000_000_002, -3_000_000_000])
+    wrapped = keys.numpy().astype(np.int32).astype(np.int64)
+    saturated = np.clip(keys.numpy(), -2**31, 2**31 - 1)
+    other = keys.numpy() + 2**33
+    found = compare_values({"w": keys, "s": keys, "o": keys, "small": torch.arange(4)},
+                           {"w": wrapped, "s": saturated, "o": other,
+                            "small": np.array([0, 1, 2, 4])})
+    assert found["w"].narrowed_to_int32 and found["s"].narrowed_to_int32
+    assert not found["o"].narrowed_to_int32 and not found["small"].narrowed_to_int32
+    node = next(n for n in _chain().nodes if n.op == "call_function")
+    assert "int32" in _lowering_fix(culprit(node, found["w"], [], "openvino"), "openvino", {})
+    assert "int32" not in _lowering_fix(culprit(node, found["o"], [], "openvino"), "openvino",
+                                        {})
+
+
 def test_reduced_precision_blames_the_op_that_adds_the_error_not_the_ones_that_carry_it():
     from dynexport.localization.blame import added_error
     from dynexport.localization.values import NodeDiff
@@ -256,6 +280,24 @@ def test_a_value_baked_into_the_program_is_not_blamed_on_the_runtime(cli, tmp_pa
     assert "divergence" not in report
     assert any("the exported program itself differs from eager" in n for n in report["notes"])
     assert any(h["category"] == "baked_constant" for h in report["hazards"])
+
+
+def test_int64_keys_openvino_computes_in_int32_are_traced_to_the_key(cli, tmp_path):
+    """OpenVINO returns fewer unique voxels (a shape, not values, differs at the output); the
+    divergence is followed to the line that builds the key, with int32 as the fix."""
+    out = tmp_path / "out"
+    code, _, _ = cli("--out", out, EXAMPLES / "int64_keys.py")
+    assert code == 1
+    report = read_report(out)
+    failed = {(v["runtime"], v["inputs"]) for v in report["verification"] if not v["passed"]}
+    assert failed == {("openvino", "example"), ("openvino", "probe")}
+    assert all("shape" in v["error"] for v in report["verification"] if not v["passed"])
+    for entry in report["divergence"]:
+        assert (entry["runtime"], entry["cause"]) == ("openvino", "lowering")
+        key = entry["culprits"][0]
+        assert key["line"] == _line_of("int64_keys", "keys = coords[:, 0] * SWEEP_STRIDE")
+        assert key["input_max_abs_diff"] == 0 and "within int32" in entry["fix"]
+    assert {e["inputs"] for e in report["divergence"]} == {"example", "probe"}
 
 
 def test_a_clean_run_has_no_localize_stage(cli, tmp_path):

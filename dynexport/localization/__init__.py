@@ -236,6 +236,12 @@ def _lowering_fix(culprit: Culprit | None, runtime: str, lowerings: dict[str, st
                 "converter renamed or fused; compare the outputs' producers by hand.")
     lowering = lowerings.get(culprit.node)
     how = f" (lowered to {lowering})" if lowering else ""
+    if culprit.narrowed_to_int32:
+        return (f"torch's int64 values of {culprit.op} exceed int32's range (2,147,483,647) "
+                f"here and {runtime}'s all lie within it: the runtime computed the node in 32 "
+                "bits (OpenVINO's CPU plugin executes int64 as int32). Keep the integers "
+                "within int32: build a key from smaller strides (the cells that occur, not "
+                "the whole grid), or keep its parts in separate tensors.")
     if culprit.from_floats:
         return (f"{culprit.op} turns floating-point values into integers, and in {runtime} "
                 f"those values differ from torch's by up to {culprit.input_max_abs_diff:.3g}, "

@@ -189,7 +189,8 @@ def culprit(node: torch.fx.Node, diff: NodeDiff, inputs: list[NodeDiff],
                    max_abs_diff=diff.max_abs, max_rel_diff=diff.max_rel,
                    input_max_abs_diff=max((i.max_abs for i in inputs), default=0.0),
                    translation=translation_of(node), translated_by=_translated_by(node, runtime),
-                   from_floats=diff.integer and any(not i.integer for i in inputs))
+                   from_floats=diff.integer and any(not i.integer for i in inputs),
+                   narrowed_to_int32=diff.narrowed_to_int32)
 
 
 def _custom_op(node: torch.fx.Node) -> CustomOp | None:

@@ -28,6 +28,8 @@ class Culprit:
     # an integer result of floating-point inputs (a cast, a floor): a difference within the
     # inputs' tolerance may still carry a value across an integer boundary
     from_floats: bool = False
+    # computed in 32 bits where torch's int64 values need more (values.NodeDiff)
+    narrowed_to_int32: bool = False
 
     def to_json(self) -> dict:
         where = self.location

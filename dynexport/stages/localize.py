@@ -1,8 +1,9 @@
 """Localize stage: where a converted model that left tolerance diverges, and why
-(dynexport/localization/ does the work). Runs after verification for each (runtime, input) whose
-outputs failed by value, and for the --precision variant; an ONNX graph that holds a kernel
-known to race is reported even where its verification agreed. A run that verified cleanly at
-f32 with no such kernel is not localised and its report has no localize stage."""
+(dynexport/localization/ does the work). Runs after verification for each (runtime, input)
+whose outputs failed by value or by a data-dependent shape, and for the --precision variant;
+an ONNX graph that holds a kernel known to race is reported even where its verification
+agreed. A run that verified cleanly at f32 with no such kernel is not localised and its
+report has no localize stage."""
 
 from __future__ import annotations
 
@@ -35,8 +36,10 @@ class Localized:
 
 
 def _failed_by_value(records: list[Verification], runtime: str, kind: str) -> bool:
+    """The runtime ran and an output left tolerance, by its values or by its shape (a
+    data-dependent size, e.g. the count of unique keys, computed from wrong values)."""
     return any(r.runtime == runtime and r.inputs == kind and not r.passed
-               and not r.runtime_failed and r.error is None for r in records)
+               and not r.runtime_failed for r in records)
 
 
 def _localize(run: Run) -> Localized:
