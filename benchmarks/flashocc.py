@@ -175,39 +175,49 @@ def compare(made: dict, inputs: dict) -> dict:
     return results
 
 
-def openvino_profile(xml: Path, config: dict, feeds: list[np.ndarray]) -> dict:
-    """Milliseconds per layer type (PERF_COUNT) of one inference after a warm-up."""
+# Profiled inferences per PERF_COUNT table, after a warm-up; each layer's median is kept: a
+# single inference once gave the INT8 IR's 1x1 convolutions 2,222 ms, which five inferences
+# in another process put at 182-189 ms.
+PROFILED_RUNS = 3
+
+
+def _layer_ms(xml: Path, config: dict, feeds: list[np.ndarray]) -> dict[tuple, float]:
+    """(name, type, exec type) of every layer → its median ms (PERF_COUNT) over PROFILED_RUNS
+    inferences after a warm-up."""
     import openvino as ov
 
     compiled = ov.Core().compile_model(str(xml), "CPU", {**config, "PERF_COUNT": True})
     request = compiled.create_infer_request()
     request.infer(feeds)
-    request.infer(feeds)
+    runs: dict[tuple, list[float]] = collections.defaultdict(list)
+    for _ in range(PROFILED_RUNS):
+        request.infer(feeds)
+        for info in request.profiling_info:
+            key = (info.node_name, info.node_type, info.exec_type)
+            runs[key].append(info.real_time.total_seconds() * 1e3)
+    return {key: statistics.median(ms) for key, ms in runs.items()}
+
+
+def openvino_profile(xml: Path, config: dict, feeds: list[np.ndarray]) -> dict:
+    """Milliseconds per layer type (PERF_COUNT; each layer's median, see _layer_ms)."""
     by_type: collections.Counter = collections.Counter()
-    for info in request.profiling_info:
-        by_type[f"{info.node_type} ({info.exec_type})"] += info.real_time.total_seconds() * 1e3
+    for (_, kind, exec_type), ms in _layer_ms(xml, config, feeds).items():
+        by_type[f"{kind} ({exec_type})"] += ms
     return dict(by_type.most_common())
 
 
 def int8_layers(xml: Path, config: dict, feeds: list[np.ndarray], top: int = 12) -> dict:
-    """Where an INT8 IR's time goes (PERF_COUNT, one inference after a warm-up): ms and count
-    of the layers that took time, those whose kernel runs on integers (exec type with i8/u8)
-    and those outside, and the slowest layers outside, by name."""
-    import openvino as ov
-
-    compiled = ov.Core().compile_model(str(xml), "CPU", {**config, "PERF_COUNT": True})
-    request = compiled.create_infer_request()
-    request.infer(feeds)
-    request.infer(feeds)
+    """Where an INT8 IR's time goes (PERF_COUNT; each layer's median, see _layer_ms): ms and
+    count of the layers that took time, those whose kernel runs on integers (exec type with
+    i8/u8) and those outside, and the slowest layers outside, by name."""
     int8_ms, int8_count, outside = 0.0, 0, []
-    for info in request.profiling_info:
-        ms = info.real_time.total_seconds() * 1e3
+    for (name, kind, exec_type), ms in _layer_ms(xml, config, feeds).items():
         if ms <= 0:  # optimised out, or fused into another layer
             continue
-        if "i8" in info.exec_type.lower() or "u8" in info.exec_type.lower():
+        if "i8" in exec_type.lower() or "u8" in exec_type.lower():
             int8_ms, int8_count = int8_ms + ms, int8_count + 1
         else:
-            outside.append((ms, info.node_name, info.node_type, info.exec_type))
+            outside.append((ms, name, kind, exec_type))
     outside.sort(reverse=True)
     return {"int8_ms": int8_ms, "int8_count": int8_count,
             "outside_ms": sum(o[0] for o in outside), "outside_count": len(outside),
