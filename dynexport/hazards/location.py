@@ -29,7 +29,8 @@ _SITE_PACKAGES = tuple(os.path.realpath(sysconfig.get_paths()[key]) for key in (
 _NOT_MODEL_CODE = (_PACKAGE_ROOT, os.path.dirname(os.path.realpath(torch.__file__)))
 # Models torch ships (its export examples): the user's code, though inside torch.
 _MODELS_IN_TORCH = os.path.join(_NOT_MODEL_CODE[1], "_export", "db", "examples")
-_FRAME_RE = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+)')
+# One frame of traceback text; `function` where the text names it ("..., in forward").
+FRAME_RE = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+)(?:, in (?P<function>\S+))?')
 
 
 def is_user_file(path: str) -> bool:
@@ -55,7 +56,8 @@ def is_model_library_file(path: str) -> bool:
             and not any(real.startswith(root + os.sep) for root in _NOT_MODEL_CODE))
 
 
-def _location(file: str, line: int) -> SourceLocation:
+def source_location(file: str, line: int) -> SourceLocation:
+    """`file`:`line` with the code on that line."""
     return SourceLocation(file=file, line=line, code=linecache.getline(file, line).strip())
 
 
@@ -69,14 +71,14 @@ def innermost_user_frame(frames: Iterable[tuple[str, int]]) -> SourceLocation | 
         elif is_model_library_file(file):
             fallback = (file, line)
     found = found or fallback
-    return _location(*found) if found else None
+    return source_location(*found) if found else None
 
 
 def location_from_stack_trace(stack_trace: str | None) -> SourceLocation | None:
     """Parse an fx node's `stack_trace` (traceback text) and return the user's line."""
     if not stack_trace:
         return None
-    frames = [(m["file"], int(m["line"])) for m in _FRAME_RE.finditer(stack_trace)]
+    frames = [(m["file"], int(m["line"])) for m in FRAME_RE.finditer(stack_trace)]
     return innermost_user_frame(frames)
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import linecache
 import re
 import sys
 import threading
@@ -22,6 +21,7 @@ from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from dynexport.hazards.location import FRAME_RE, source_location
 from dynexport.hazards.records import SourceLocation
 
 __all__ = ["Patch", "PatchCall", "applied", "calls_in_graph", "patch_names", "register_patch",
@@ -110,10 +110,6 @@ def applied(disabled: Collection[str] = ()) -> Iterator[list[PatchCall]]:
                 setattr(owner, name, original)
 
 
-def _location(file: str, line: int) -> SourceLocation:
-    return SourceLocation(file, line, linecache.getline(file, line).strip())
-
-
 def _swap(patch: Patch, calls: list[PatchCall]) -> list[tuple[object, str, object]]:
     module = sys.modules.get(patch.module)
     if module is None:
@@ -153,7 +149,8 @@ def _recording(patch: Patch, calls: list[PatchCall], original: object) -> Callab
             # fx's wrapper while export traces: the calling line is the wrapper's caller.
             while caller.f_code.co_filename == torch.fx._symbolic_trace.__file__:
                 caller = caller.f_back
-            calls.append(PatchCall(patch, _location(caller.f_code.co_filename, caller.f_lineno)))
+            calls.append(PatchCall(patch, source_location(caller.f_code.co_filename,
+                                                          caller.f_lineno)))
         return replacement(*args, **kwargs)
 
     if descriptor:
@@ -165,14 +162,13 @@ def calls_in_graph(stack_traces: list[str], patches: list[Patch]) -> list[PatchC
     """Patched calls read from the fx nodes' stack traces of a strict capture, where dynamo
     traced the wrapper instead of running it: the frame that called `_dynexport_patched_call`."""
     by_function = {patch.replacement.__code__.co_name: patch for patch in patches}
-    frame = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<function>\S+)')
     found: dict[tuple, PatchCall] = {}
     for trace in stack_traces:
-        frames = list(frame.finditer(trace))
+        frames = list(FRAME_RE.finditer(trace))
         for caller, wrapper, replaced in zip(frames, frames[1:], frames[2:], strict=False):
             patch = by_function.get(replaced["function"])
             if wrapper["function"] == "_dynexport_patched_call" and patch is not None:
-                location = _location(caller["file"], int(caller["line"]))
+                location = source_location(caller["file"], int(caller["line"]))
                 found.setdefault((patch.name, location), PatchCall(patch, location))
     return list(found.values())
 
