@@ -79,28 +79,27 @@ def index_put(self: torch.Tensor, indices: Sequence[torch.Tensor | None], values
         return NotImplemented
     if not accumulate and (len(indexed) < 2 or indexed == list(range(len(indexed)))):
         return NotImplemented
-    flat, cells, source = _flat_index_put_args(self, indices, indexed, values)
+    front = list(range(len(indexed)))
+    moved = self.movedim(indexed, front)  # the indexed dims first, the rest in order
+    # Sizes spelled out: reshape(-1, ...) is ambiguous when the rest holds a 0.
+    cells = moved.reshape(math.prod(moved.shape[:len(indexed)]), *moved.shape[len(indexed):])
+    flat, source = _flat_index_and_values(self, indices, indexed, values)
     if accumulate:
         written = index_add(cells, 0, flat, source)
     else:
         written = cells.index_put((flat,), source.to(self.dtype))
-    front = list(range(len(indexed)))
-    return written.reshape([self.shape[d] for d in indexed] + _rest_sizes(self, indexed)) \
-        .movedim(front, indexed)
+    return written.reshape(moved.shape).movedim(front, indexed)
 
 
-def _rest_sizes(self: torch.Tensor, indexed: list[int]) -> list:
-    return [size for dim, size in enumerate(self.shape) if dim not in indexed]
-
-
-def _flat_index_put_args(self: torch.Tensor, indices: Sequence[torch.Tensor | None],
-                         indexed: list[int], values: torch.Tensor
-                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(flat index, `self` as (cells, *rest), values as (flat.numel(), *rest)).
+def _flat_index_and_values(self: torch.Tensor, indices: Sequence[torch.Tensor | None],
+                           indexed: list[int], values: torch.Tensor
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The broadcast index tensors as one flat index over the indexed dims, and `values` as
+    (flat index count, *sizes of the other dims).
 
     torch puts the broadcast index dims where the indexed dims stand when these are
     adjacent, and in front otherwise; `values` broadcasts to that layout, and is moved so
-    that the index dims lead, as in the flattened `self`."""
+    that the index dims lead, as in `self` with its indexed dims moved first."""
     tensors = torch.broadcast_tensors(*(indices[dim] for dim in indexed))
     flat = None
     for index, dim in zip(tensors, indexed, strict=True):
@@ -108,17 +107,13 @@ def _flat_index_put_args(self: torch.Tensor, indices: Sequence[torch.Tensor | No
         index = index.to(torch.int64)
         index = torch.where(index < 0, index + size, index)  # negative counts from the end
         flat = index if flat is None else flat * size + index
-    rest = _rest_sizes(self, indexed)
+    rest = [size for dim, size in enumerate(self.shape) if dim not in indexed]
     adjacent = indexed == list(range(indexed[0], indexed[-1] + 1))
     lead = indexed[0] if adjacent else 0  # rest dims before the index dims in the result
     broadcast = list(flat.shape)
-    result_shape = rest[:lead] + broadcast + rest[lead:]
-    source = values.expand(result_shape).movedim(
+    source = values.expand(rest[:lead] + broadcast + rest[lead:]).movedim(
         list(range(lead, lead + len(broadcast))), list(range(len(broadcast))))
-    # Sizes spelled out: reshape(-1, ...) is ambiguous when `rest` holds a 0.
-    cells = self.movedim(indexed, list(range(len(indexed)))).reshape(
-        math.prod(self.shape[dim] for dim in indexed), *rest)
-    return flat.reshape(-1), cells, source.reshape(flat.numel(), *rest)
+    return flat.reshape(-1), source.reshape(flat.numel(), *rest)
 
 
 def index_put_(self: torch.Tensor, indices: Sequence[torch.Tensor | None],
