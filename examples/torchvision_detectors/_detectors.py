@@ -11,6 +11,7 @@ importable with the CPU torch. To try these scripts:
 """
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -67,3 +68,9 @@ def with_batch_statistics(detector: torch.nn.Module, size: int, batches: int = 2
 
 def image(seed: int, size: int = 192) -> tuple[torch.Tensor]:
     return (torch.rand(3, size, size, generator=torch.Generator().manual_seed(seed)),)
+
+
+def image_inputs(example: int, probe: int, test: int) -> tuple[Callable, Callable, Callable]:
+    """A script's get_inputs, get_probe_inputs and get_test_inputs (a third image neither run
+    saw, for tests/test_torchvision_detectors.py): the images of these seeds."""
+    return (lambda: image(example)), (lambda: image(probe)), (lambda: image(test))

@@ -13,7 +13,7 @@ a score threshold keeps a different number of boxes per image.
 """
 
 import torch
-from _detectors import Detections, detection_models, image, with_batch_statistics
+from _detectors import Detections, detection_models, image_inputs, with_batch_statistics
 
 
 def get_model() -> torch.nn.Module:
@@ -28,14 +28,4 @@ def get_model() -> torch.nn.Module:
     return Detections(detector)
 
 
-def get_inputs():
-    return image(1)
-
-
-def get_probe_inputs():
-    return image(2)
-
-
-def get_test_inputs():
-    """A third image neither run saw (tests/test_torchvision_detectors.py)."""
-    return image(3)
+get_inputs, get_probe_inputs, get_test_inputs = image_inputs(1, 2, 3)

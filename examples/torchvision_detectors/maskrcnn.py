@@ -27,7 +27,7 @@ moves its masks by up to 5e-3 (and its boxes by 0.03 pixel) when the image chang
 """
 
 import torch
-from _detectors import Detections, detection_models, image, with_batch_statistics
+from _detectors import Detections, detection_models, image_inputs, with_batch_statistics
 
 tolerances = {"3": {"atol": 3e-3}}
 
@@ -44,14 +44,4 @@ def get_model() -> torch.nn.Module:
     return Detections(detector)
 
 
-def get_inputs():
-    return image(2)
-
-
-def get_probe_inputs():
-    return image(1)
-
-
-def get_test_inputs():
-    """A third image neither run saw (tests/test_torchvision_detectors.py)."""
-    return image(12)
+get_inputs, get_probe_inputs, get_test_inputs = image_inputs(2, 1, 12)

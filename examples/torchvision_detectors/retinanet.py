@@ -11,7 +11,7 @@ A score threshold of 0.0455 keeps 2, 1 and 1 boxes on the images of seeds 3, 1 a
 """
 
 import torch
-from _detectors import Detections, detection_models, image
+from _detectors import Detections, detection_models, image_inputs
 
 
 def get_model() -> torch.nn.Module:
@@ -21,14 +21,4 @@ def get_model() -> torch.nn.Module:
         topk_candidates=100, detections_per_img=100).eval())
 
 
-def get_inputs():
-    return image(3)
-
-
-def get_probe_inputs():
-    return image(1)
-
-
-def get_test_inputs():
-    """A third image neither run saw (tests/test_torchvision_detectors.py)."""
-    return image(2)
+get_inputs, get_probe_inputs, get_test_inputs = image_inputs(3, 1, 2)
